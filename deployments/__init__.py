@@ -1,0 +1,1 @@
+"""Family deployments: plain classes bound by ``ingress.builder`` from config."""

@@ -1,0 +1,1 @@
+"""The public REST contract: FastAPI ingress deployment and its builder."""

@@ -1,0 +1,150 @@
+"""The FastAPI application of the public contract.
+
+Route handlers stay thin: authenticate → validate → registry → dispatch →
+envelope. Errors are written by the handlers in :mod:`ingress.envelopes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from deployments.types import ImageResult
+from ingress.auth import KeyRing
+from ingress.dispatch import Dispatcher
+from ingress.envelopes import envelope_response, install_handlers
+from ingress.errors import NotFound, ValidationFailed
+from ingress.inputs import FetchLimits
+from ingress.jobs import build_job, redact
+from ingress.registry import Registry
+from ingress.schemas.envelope import Envelope, ImageMeta
+from ingress.schemas.generation import GenerationRequest, ImageToImageRequest, TextToImageRequest
+from ingress.settings import IngressSettings
+from ingress.validation import check_for_app, parse
+from storage.base import ObjectNotFound, ObjectStore
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1/studio"
+
+
+@dataclass
+class Studio:
+    """Everything a request needs; built once per ingress replica."""
+
+    registry: Registry
+    keys: KeyRing
+    dispatcher: Dispatcher
+    store: ObjectStore
+    settings: IngressSettings
+    url_expiry_seconds: int
+
+    @property
+    def fetch_limits(self) -> FetchLimits:
+        s = self.settings
+        return FetchLimits(
+            max_bytes=s.fetch_max_bytes, timeout_seconds=s.fetch_timeout_seconds, allow_loopback=s.allow_loopback_inputs
+        )
+
+
+def _body_doc(model: type) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def create_api(studio: Studio) -> FastAPI:
+    """Build the FastAPI app around one ``Studio``."""
+    api = FastAPI(
+        title="Studio generation API",
+        version="1",
+        description="Text to image, image to image and inpainting on Ray Serve. Auth: `Authorization: Bearer <key>`.",
+    )
+    install_handlers(api)
+    limits = studio.fetch_limits
+
+    async def generate(route: str, model: type[GenerationRequest], request: Request, authorization: str | None):
+        started = time.perf_counter()
+        tenant = studio.keys.tenant(authorization)
+        req = parse(model, await _json(request))
+        app, gpu = check_for_app(route, req, studio.registry)
+        request_id = uuid.uuid4().hex
+        job = await build_job(app, req, tenant, request_id, limits)
+        result = await studio.dispatcher.run(app.family, gpu, job, studio.settings.sync_timeout_seconds)
+        output, expires_at = await _outputs(studio, result)
+        first = result.images[0]
+        env = Envelope(
+            time_required=round(time.perf_counter() - started, 4),
+            input=redact(req),
+            output=output,
+            app_id=app.app_id,
+            task_id=request_id,
+            status="SUCCESS",
+            meta=ImageMeta(
+                seeds=[i.seed for i in result.images], width=first.width, height=first.height, expires_at=expires_at
+            ),
+        )
+        log.info(
+            "generated",
+            extra={"app_id": app.app_id, "gpu": gpu, "tenant": tenant, "images": len(result.images),
+                   "seconds": env.time_required},
+        )
+        return envelope_response(env, headers={"X-Studio-Deployment": f"{app.family}-{gpu}"})
+
+    @api.post(f"{PREFIX}/getTextToImage", response_model=Envelope, openapi_extra=_body_doc(TextToImageRequest),
+              summary="Text To Image")
+    async def get_text_to_image(request: Request, authorization: str | None = Header(None)):
+        return await generate("getTextToImage", TextToImageRequest, request, authorization)
+
+    @api.post(f"{PREFIX}/getImageToImage", response_model=Envelope, openapi_extra=_body_doc(ImageToImageRequest),
+              summary="Image To Image and Inpainting")
+    async def get_image_to_image(request: Request, authorization: str | None = Header(None)):
+        return await generate("getImageToImage", ImageToImageRequest, request, authorization)
+
+    @api.post(f"{PREFIX}/getImagetoImage", response_model=Envelope, openapi_extra=_body_doc(ImageToImageRequest),
+              summary="Alias of getImageToImage", include_in_schema=True)
+    async def get_image_to_image_alias(request: Request, authorization: str | None = Header(None)):
+        return await generate("getImageToImage", ImageToImageRequest, request, authorization)
+
+    @api.get(f"{PREFIX}/apps", summary="The app registry")
+    async def list_apps(authorization: str | None = Header(None)):
+        studio.keys.tenant(authorization)
+        return {"apps": studio.registry.public()}
+
+    @api.get(f"{PREFIX}/files/{{key:path}}", summary="Download a generated file (signed URL, local store only)")
+    async def get_file(key: str, expires: int = 0, signature: str = ""):
+        verify = getattr(studio.store, "verify", None)
+        if verify is None or not verify(key, expires, signature):
+            raise NotFound("no such file, or the link has expired")
+        try:
+            data = await asyncio.to_thread(studio.store.get, key)
+            content_type = await asyncio.to_thread(studio.store.content_type, key)
+        except (ObjectNotFound, ValueError):
+            raise NotFound("no such file, or the link has expired") from None
+        return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=300"})
+
+    return api
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("body: not valid JSON") from None
+
+
+async def _outputs(studio: Studio, result: ImageResult) -> tuple[list[str], float | None]:
+    """Image URLs that expire, or inline data: URIs when the job asked for bytes."""
+    if all(img.data is not None for img in result.images):
+        return [f"data:{i.content_type};base64,{base64.b64encode(i.data).decode()}" for i in result.images], None
+    expiry = studio.url_expiry_seconds
+    urls = await asyncio.to_thread(lambda: [studio.store.url(i.key, expiry) for i in result.images])
+    return urls, time.time() + expiry

@@ -1,0 +1,36 @@
+"""The ingress deployment: one FastAPI app per replica around a ``Studio``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ingress.api import Studio, create_api
+from ingress.auth import KeyRing
+from ingress.dispatch import ServeDispatcher
+from ingress.registry import Registry, ServiceConfig
+from ingress.settings import IngressSettings
+from storage.factory import open_store
+from storage.settings import StorageSettings
+
+log = logging.getLogger(__name__)
+
+
+class StudioIngress:
+    """Plain class; ``ingress.builder`` wraps it with ``serve.ingress`` and binds it."""
+
+    def __init__(self, config: dict[str, Any], handles: dict[str, Any]):
+        settings = IngressSettings()
+        storage = StorageSettings()
+        self.studio = Studio(
+            registry=Registry(ServiceConfig.model_validate(config)),
+            keys=KeyRing.load(settings.api_keys, settings.api_keys_file),
+            dispatcher=ServeDispatcher(handles, settings.retry_after_seconds),
+            store=open_store(storage),
+            settings=settings,
+            url_expiry_seconds=storage.url_expiry_seconds,
+        )
+        log.info("ingress ready", extra={"apps": len(self.studio.registry.apps), "keys": len(self.studio.keys)})
+
+    def __serve_build_asgi_app__(self):
+        return create_api(self.studio)

@@ -1,0 +1,70 @@
+"""The error hierarchy of the public contract, mapped to the envelope once.
+
+Each error carries its envelope ``error`` type and its HTTP status; the
+handlers installed by :func:`install_handlers` turn any of them (and anything
+unexpected) into the contract's JSON envelope. A traceback never reaches a client.
+"""
+
+from __future__ import annotations
+
+
+class StudioError(Exception):
+    """Base of every error the API reports in its envelope."""
+
+    error_type = "InternalError"
+    status_code = 500
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationFailed(StudioError):
+    """The request is invalid; ``message`` names each bad field and its allowed range."""
+
+    error_type = "ValidationError"
+    status_code = 422
+
+
+class InputFetchError(StudioError):
+    """A user-supplied input (URL, data URI, base64) could not be fetched or decoded."""
+
+    error_type = "InputFetchError"
+    status_code = 422
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Unauthorized(StudioError):
+    error_type = "Unauthorized"
+    status_code = 401
+
+
+class NotFound(StudioError):
+    error_type = "NotFound"
+    status_code = 404
+
+
+class Overloaded(StudioError):
+    """The cluster is shedding load; the client should retry after ``retry_after`` seconds."""
+
+    error_type = "Overloaded"
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class ModelFailure(StudioError):
+    error_type = "ModelError"
+    status_code = 500
+
+
+class Timeout(StudioError):
+    error_type = "Timeout"
+    status_code = 504

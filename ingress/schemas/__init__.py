@@ -1,0 +1,1 @@
+"""The public contract's schemas: one module per endpoint group."""

@@ -1,0 +1,1 @@
+"""Object storage for generated files (and, later, task records)."""

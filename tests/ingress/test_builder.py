@@ -1,0 +1,59 @@
+"""The builder turns serve_config.yaml into deployments without a cluster."""
+
+from pathlib import Path
+
+import yaml
+
+from ingress.builder import build_app, family_deployments
+from ingress.registry import ServiceConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _args():
+    return yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+
+
+def test_family_deployments_are_pinned_to_their_gpu_type(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    bound = family_deployments(ServiceConfig.model_validate(_args()))
+    assert set(bound) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
+    for name, app in bound.items():
+        d = app._bound_deployment
+        gpu = name.rsplit("-", 1)[1]
+        assert d.name == name
+        assert d.ray_actor_options["resources"] == {gpu: 1}
+        assert d.ray_actor_options["num_cpus"] == 0
+        assert d.max_ongoing_requests == 2 and d.max_queued_requests == 8
+        family = name.rsplit("-", 1)[0]
+        assert d.init_args[0] == str(tmp_path / f"tiny-{family}")
+        assert d.init_kwargs["gpu"] == gpu
+
+
+def test_build_app_binds_the_ingress_with_every_handle(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    app = build_app(_args())
+    d = app._bound_deployment
+    assert d.name == "ingress"
+    assert d.max_ongoing_requests == 64 and d.max_queued_requests == 256
+    config, handles = d.init_args
+    assert set(handles) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
+    assert config["apps"][0]["app_id"] == "ap-sd15-txt2img"
+
+
+def test_per_gpu_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    args = _args()
+    args["families"]["sd15"]["per_gpu"] = {"a100": {"num_replicas": 3, "max_ongoing_requests": 4}}
+    bound = family_deployments(ServiceConfig.model_validate(args))
+    assert bound["sd15-a100"]._bound_deployment.num_replicas == 3
+    assert bound["sd15-a10g"]._bound_deployment.num_replicas == 1
+
+
+def test_hub_ids_pass_through(tmp_path, monkeypatch):
+    args = _args()
+    args["families"]["sdxl"]["model"] = {"hub_id": "stabilityai/stable-diffusion-xl-base-1.0", "revision": "main"}
+    bound = family_deployments(ServiceConfig.model_validate(args))
+    d = bound["sdxl-a100"]._bound_deployment
+    assert d.init_args[0] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert d.init_kwargs["revision"] == "main"
