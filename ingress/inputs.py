@@ -1,0 +1,557 @@
+"""Loading user-supplied images (URL, ``data:`` URI or bare base64), guarded against SSRF.
+
+Every image a request names is untrusted input, and a URL is untrusted input that makes *us*
+open a connection. :func:`load_image` therefore accepts only ``http``/``https`` URLs, refuses
+every destination that is not globally routable (loopback, RFC 1918 private ranges,
+link-local including the ``169.254.169.254`` cloud-metadata address, CGNAT ``100.64/10``,
+multicast, reserved, unspecified, unique-local ``fc00::/7`` including AWS's ``fd00:ec2::254``,
+``fe80::/10``, and IPv6 wrappers that embed a forbidden IPv4 address: IPv4-mapped and -compatible,
+NAT64, 6to4 and Teredo), refuses encoded IPv4 hosts (``2130706433``, ``0177.0.0.1``,
+``0x7f.1``) and ``localhost`` names without resolving them, connects to exactly the address
+it validated (one DNS lookup, so DNS rebinding cannot move the connection), sends the original
+``Host`` header and verifies TLS (SNI and certificate) against the *hostname*, follows at most
+``max_redirects`` redirects by hand while re-checking every hop with the same rules, caps the
+body while streaming (and up front from ``Content-Length``) and the total wall time, requires a
+2xx, and only then decodes: the format is decided by Pillow from the magic bytes, never from
+``Content-Type``, and the pixel count is checked from the header before any pixel data is
+decoded. Every problem with the input is an :class:`~ingress.errors.InputFetchError` naming the
+request field.
+
+**Choice of SSRF guard: ``ssrfguard`` (``ssrfguard[httpx]>=0.4.1,<0.5``).** We evaluated three
+libraries against our requirements. ``safehttpx`` 0.2 was rejected: it is built on ``httpx2``
+(not ``httpx``), its address check misses CGNAT ``100.64/10`` and decodes no IPv6 wrappers
+(NAT64, 6to4, Teredo), when a name resolves to a mix of private and public addresses it quietly
+picks a public one instead of refusing, it falls back to querying Google's public DNS over the
+network, it has no redirect handling (it simply does not follow), and no byte cap.
+``drawbridge`` 0.1.2 (alpha) was a close second: it pins the validated address, refuses a name
+with any private answer, re-validates each redirect hop while streaming, and caps bytes; but it
+pins by rewriting the request URL to the IP and setting ``Host``/SNI by hand, its only loopback
+escape hatch is ``allow_private`` (every private range at once) or an IP allow-list applied
+after unwrapping IPv4-mapped addresses (so allowing ``127.0.0.0/8`` would also admit
+``::ffff:127.0.0.1``), it has no total wall-time cap, and it blocks NAT64/6to4/Teredo by
+whole prefix rather than decoding them.
+``ssrfguard`` 0.4.1 fits: it pins at httpcore's *network-backend* seam (one ``getaddrinfo`` per
+connection, run in a worker thread, every answer validated, a name with any forbidden answer
+refused outright, the socket opened to the validated address and its peer re-checked), so TLS
+SNI and certificate verification stay httpcore's own code against the hostname; its address
+table is generated from the IANA special-purpose registries and decodes IPv4-mapped/compatible,
+NAT64, 6to4 and Teredo wrappers; it refuses decimal/octal/short IPv4 encodings at the URL layer;
+it re-checks the whole URL on every request, so each redirect hop we follow is checked again;
+and it has an explicit, family-exact allow-list, which is how ``allow_loopback`` permits only
+``127.0.0.0/8`` and ``::1`` (not ``::ffff:127.0.0.1``, not anything else). It has zero runtime
+dependencies. It does not cap bytes or total time and is young (no independent audit; it imports
+private httpx/httpcore internals, hence the tight version range), so this module adds, on top
+of it: hex-encoded IPv4 and ``localhost`` name refusal before resolution, manual redirect
+following with streamed (bounded) reads, the byte and wall-time caps, ``trust_env=False`` (an
+environment proxy would resolve the name itself and defeat pinning), refusal of compressed
+transfer encodings, and the decode-side checks. Residual risk: a thread blocked in
+``getaddrinfo`` cannot be cancelled, so a hostile authoritative DNS server can make one request
+overrun ``timeout_seconds`` by the system resolver's own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import io
+import ipaddress
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+from ssrfguard import Policy, SSRFGuardError, TooManyRedirectsError
+from ssrfguard.httpx import AsyncClient
+
+from ingress.errors import InputFetchError
+
+__all__ = ["FetchLimits", "check_url", "fit_image", "is_forbidden_address", "load_image"]
+
+MIB = 1024 * 1024
+
+#: Loopback networks permitted by ``FetchLimits.allow_loopback`` (tests only). ssrfguard matches
+#: allow-list entries per address family, so ``::ffff:127.0.0.1`` stays refused.
+_LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+#: Stand-in for ``socket.getaddrinfo`` handed to ssrfguard; ``None`` means the system resolver.
+#: Tests replace it so no DNS query ever leaves the machine. Whatever it returns is validated.
+_resolver: Callable[..., Any] | None = None
+
+#: TLS verification handed to httpx: ``True`` (certifi's CA bundle) or an ``ssl.SSLContext``.
+#: Tests replace it with a context trusting a throwaway CA. Never ``False``.
+_verify: ssl.SSLContext | bool = True
+
+_USER_AGENT = "studio-serve-image-fetcher/0.1"
+_ACCEPT = "image/png,image/jpeg,image/webp;q=0.9,*/*;q=0.1"
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MAX_URL_LENGTH = 8192
+_CHUNK = 64 * 1024
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_\-]+={0,2}$")
+_WHITESPACE = re.compile(r"\s+")
+# One label of an inet_aton-style IPv4 host: decimal, octal (leading 0) or hex (0x...).
+_NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """Caps applied to every user-supplied image. Frozen, hashable and picklable.
+
+    Attributes:
+        max_bytes: Largest encoded image accepted, in bytes (URL body or decoded base64).
+        timeout_seconds: Total wall time for fetching a URL, redirects included.
+        connect_timeout_seconds: Time allowed to open each TCP connection.
+        max_redirects: Redirect hops followed before giving up (0 = refuse any redirect).
+        max_pixels: Largest ``width * height`` accepted, checked from the image header before
+            any pixel data is decoded (decompression-bomb guard). 40 MP covers 6144x6144.
+            Pillow's own guard (``Image.MAX_IMAGE_PIXELS``, ~89 MP; refusal at twice that)
+            still applies above this, so values beyond ~178 MP have no effect.
+        allowed_formats: Pillow format names accepted, decided from the bytes themselves.
+        allowed_ports: Ports a URL may use, or ``None`` for any port. The address checks are
+            what make a URL safe; this is an optional extra narrowing.
+        allow_loopback: TESTS ONLY. Permits ``127.0.0.0/8`` and ``::1``, and the ``localhost``
+            name, and nothing else that is not globally routable.
+    """
+
+    max_bytes: int = 20 * MIB
+    timeout_seconds: float = 10.0
+    connect_timeout_seconds: float = 3.0
+    max_redirects: int = 3
+    max_pixels: int = 40_000_000
+    allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+    allowed_ports: tuple[int, ...] | None = None
+    allow_loopback: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        if self.timeout_seconds <= 0 or self.connect_timeout_seconds <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_redirects < 0:
+            raise ValueError("max_redirects must not be negative")
+        if self.max_pixels < 1:
+            raise ValueError("max_pixels must be positive")
+        formats = tuple(f.upper() for f in self.allowed_formats)
+        if not formats:
+            raise ValueError("allowed_formats must not be empty")
+        object.__setattr__(self, "allowed_formats", formats)
+        if self.allowed_ports is not None:
+            ports = tuple(sorted(set(int(p) for p in self.allowed_ports)))
+            if not ports or not all(1 <= p <= 65535 for p in ports):
+                raise ValueError("allowed_ports must be non-empty TCP ports, or None for any")
+            object.__setattr__(self, "allowed_ports", ports)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+async def load_image(value: str, field: str, limits: FetchLimits) -> Image.Image:
+    """Load a user-supplied image and return it decoded, EXIF-oriented and in RGB mode.
+
+    ``value`` is one of:
+
+    * an ``http://`` or ``https://`` URL, fetched under the SSRF rules in this module's
+      docstring;
+    * a ``data:image/<type>;base64,<data>`` URI;
+    * bare base64 (standard or URL-safe alphabet, padding optional, whitespace ignored) of
+      the image bytes. A string containing ``:`` is never treated as bare base64: it is
+      either one of the two forms above or refused.
+
+    Whatever the source, the bytes must decode (by magic bytes) to one of
+    ``limits.allowed_formats``, within ``limits.max_bytes`` and ``limits.max_pixels``.
+
+    Raises:
+        InputFetchError: For every problem with the input, naming ``field``.
+    """
+    if not isinstance(value, str):
+        raise InputFetchError(field, "must be a string (URL, data URI or base64)")
+    text = value.strip()
+    if not text:
+        raise InputFetchError(field, "is empty")
+    # Cheap bound before any scanning: base64 is 4/3 of the bytes, plus generous slack for
+    # line breaks and a data: header.
+    if len(text) > limits.max_bytes * 3 // 2 + 4096:
+        raise InputFetchError(field, f"image exceeds the limit of {limits.max_bytes} bytes")
+
+    scheme_match = _SCHEME.match(text)
+    if scheme_match is not None:
+        scheme = scheme_match.group(1).lower()
+        if scheme in ("http", "https"):
+            data = await _fetch_url(text, field, limits)
+        elif scheme == "data":
+            data = await asyncio.to_thread(_decode_data_uri, text, field, limits)
+        else:
+            raise InputFetchError(
+                field, f"URL scheme {scheme!r} is not allowed; only http and https are"
+            )
+    else:
+        data = await asyncio.to_thread(_decode_bare_base64, text, field, limits)
+    return await asyncio.to_thread(_decode_image, data, field, limits)
+
+
+def fit_image(img: Image.Image, max_side: int = 1536, multiple: int = 64) -> Image.Image:
+    """Fit an image to the sizes diffusion models accept.
+
+    If either side exceeds ``max_side``, the image is first scaled down (keeping its aspect
+    ratio) to fit within ``max_side`` x ``max_side``. Then, in all cases, each side is rounded
+    DOWN to a multiple of ``multiple`` (with a minimum of ``multiple``, so a side shorter than
+    ``multiple`` is enlarged to it). Resizing uses LANCZOS. An image already satisfying both
+    rules is returned unchanged (the same object).
+
+    Examples: 3000x1000 -> 1536x512; 700x500 -> 640x448; 64x64 -> 64x64.
+    """
+    if multiple < 1:
+        raise ValueError("multiple must be at least 1")
+    if max_side < multiple:
+        raise ValueError("max_side must be at least multiple")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ValueError("image has no pixels")
+    longest = max(width, height)
+    if longest > max_side:
+        scale = max_side / longest
+        width = min(max_side, max(1, round(width * scale)))
+        height = min(max_side, max(1, round(height * scale)))
+    width = max(multiple, (width // multiple) * multiple)
+    height = max(multiple, (height // multiple) * multiple)
+    if (width, height) == img.size:
+        return img
+    return img.resize((width, height), Image.Resampling.LANCZOS)
+
+
+# ---------------------------------------------------------------------------------------------
+# URL checks that need no I/O
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _policy(
+    allow_loopback: bool, allowed_ports: tuple[int, ...] | None, max_redirects: int
+) -> Policy:
+    ports = frozenset(range(1, 65536)) if allowed_ports is None else frozenset(allowed_ports)
+    return Policy(
+        allowed_schemes=frozenset({"http", "https"}),
+        allowed_networks=_LOOPBACK_NETWORKS if allow_loopback else (),
+        allowed_ports=ports,
+        allow_userinfo=False,
+        on_partial_block="reject",
+        # We follow redirects ourselves and count them; ssrfguard's counter sees one hop per
+        # request, so this only matters for max_redirects=0 (refuse any redirect), which agrees.
+        max_redirects=max_redirects,
+        max_url_length=_MAX_URL_LENGTH,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_ssl_context() -> ssl.SSLContext:
+    # Built once: loading the CA bundle per request would be blocking work on the event loop.
+    # Hostname checking and CERT_REQUIRED are on; httpcore verifies against the URL's host.
+    return httpx.create_ssl_context(verify=True, trust_env=False)
+
+
+def _policy_for(limits: FetchLimits) -> Policy:
+    return _policy(limits.allow_loopback, limits.allowed_ports, limits.max_redirects)
+
+
+def is_forbidden_address(address: str, limits: FetchLimits | None = None) -> bool:
+    """Whether connecting to this IP address is refused under ``limits`` (no I/O).
+
+    Raises ValueError if ``address`` is not an IP address.
+    """
+    limits = limits or FetchLimits()
+    return not _policy_for(limits).permits_address(ipaddress.ip_address(address.strip("[]")))
+
+
+def check_url(url: str, field: str, limits: FetchLimits) -> None:
+    """Refuse a URL on everything decidable without the network (scheme, port, credentials,
+    host shape, encoded IPv4 forms, ``localhost`` names, literal forbidden addresses).
+
+    A URL passing this still has its resolved addresses checked at connection time.
+
+    Raises:
+        InputFetchError: If the URL is refused.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+        raise InputFetchError(field, f"is not a valid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise InputFetchError(
+            field, f"URL scheme {parsed.scheme!r} is not allowed; only http and https are"
+        )
+    host = parsed.host.lower().rstrip(".")
+    if not host:
+        raise InputFetchError(field, "URL has no host")
+    _check_host_shape(host, field, limits)
+    try:
+        _policy_for(limits).check_url(str(parsed))
+    except SSRFGuardError as exc:
+        raise InputFetchError(field, f"URL refused: {_reason(exc)}") from None
+
+
+def _check_host_shape(host: str, field: str, limits: FetchLimits) -> None:
+    if ":" in host:  # IPv6 literal; ssrfguard classifies it
+        return
+    labels = host.split(".")
+    if all(_NUMERIC_LABEL.match(label) for label in labels):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise InputFetchError(
+                field,
+                f"URL host {host!r} is an encoded IPv4 address (decimal/octal/hex/short form); "
+                "write addresses as dotted quads",
+            ) from None
+    if not limits.allow_loopback and (host == "localhost" or host.endswith(".localhost")):
+        raise InputFetchError(field, f"URL host {host!r} is a loopback name")
+
+
+def _reason(exc: BaseException) -> str:
+    # ssrfguard's messages name the refused value (URL or address) and the rule that refused it.
+    return _clip(str(exc))
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+# ---------------------------------------------------------------------------------------------
+
+
+async def _fetch_url(url: str, field: str, limits: FetchLimits) -> bytes:
+    if len(url) > _MAX_URL_LENGTH:
+        raise InputFetchError(field, f"URL is longer than {_MAX_URL_LENGTH} characters")
+    check_url(url, field, limits)
+    timeout = httpx.Timeout(limits.timeout_seconds, connect=limits.connect_timeout_seconds)
+    try:
+        async with asyncio.timeout(limits.timeout_seconds):
+            async with AsyncClient(
+                policy=_policy_for(limits),
+                resolver=_resolver,
+                verify=_default_ssl_context() if _verify is True else _verify,
+                trust_env=False,  # an environment proxy would resolve the name itself
+                follow_redirects=False,  # followed below, with bounded reads and re-checks
+                timeout=timeout,
+                headers={
+                    "User-Agent": _USER_AGENT,
+                    "Accept": _ACCEPT,
+                    "Accept-Encoding": "identity",
+                },
+            ) as client:
+                return await _fetch_following_redirects(client, url, field, limits)
+    except InputFetchError:
+        raise
+    except TimeoutError:
+        raise InputFetchError(
+            field, f"fetching the URL took longer than {limits.timeout_seconds:g} s"
+        ) from None
+    except TooManyRedirectsError:
+        raise InputFetchError(
+            field, f"URL redirected more than {limits.max_redirects} times"
+        ) from None
+    except SSRFGuardError as exc:
+        raise InputFetchError(field, f"URL refused: {_reason(exc)}") from None
+    except httpx.TimeoutException:
+        raise InputFetchError(field, "timed out fetching the URL") from None
+    except httpx.HTTPError as exc:
+        raise InputFetchError(
+            field, f"could not fetch the URL ({type(exc).__name__}: {_clip(str(exc))})"
+        ) from None
+    except (httpx.InvalidURL, httpx.StreamError, OSError, ValueError, UnicodeError) as exc:
+        raise InputFetchError(
+            field, f"could not fetch the URL ({type(exc).__name__}: {_clip(str(exc))})"
+        ) from None
+
+
+async def _fetch_following_redirects(
+    client: AsyncClient, url: str, field: str, limits: FetchLimits
+) -> bytes:
+    current = url
+    for hop in range(limits.max_redirects + 1):
+        check_url(current, field, limits)  # every hop, before any connection for it
+        async with client.stream("GET", current) as response:
+            if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
+                if hop >= limits.max_redirects:
+                    raise InputFetchError(
+                        field, f"URL redirected more than {limits.max_redirects} times"
+                    )
+                try:
+                    current = str(response.url.join(response.headers["location"]))
+                except (httpx.InvalidURL, ValueError, UnicodeError):
+                    raise InputFetchError(field, "URL redirected to an invalid location") from None
+                continue
+            if not 200 <= response.status_code < 300:
+                raise InputFetchError(
+                    field, f"fetching the URL returned HTTP {response.status_code}, not 2xx"
+                )
+            return await _read_capped(response, field, limits)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _read_capped(response: httpx.Response, field: str, limits: FetchLimits) -> bytes:
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise InputFetchError(
+            field, f"URL response uses Content-Encoding {encoding!r}; only identity is accepted"
+        )
+    declared = response.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_size = int(declared)
+        except ValueError:
+            raise InputFetchError(field, "URL response has an invalid Content-Length") from None
+        if declared_size > limits.max_bytes:
+            raise InputFetchError(
+                field,
+                f"URL response is {declared_size} bytes; the limit is {limits.max_bytes} bytes",
+            )
+    buffer = bytearray()
+    async for chunk in response.aiter_raw(_CHUNK):
+        buffer += chunk
+        if len(buffer) > limits.max_bytes:
+            raise InputFetchError(
+                field, f"URL response exceeds the limit of {limits.max_bytes} bytes"
+            )
+    if not buffer:
+        raise InputFetchError(field, "URL response is empty")
+    return bytes(buffer)
+
+
+# ---------------------------------------------------------------------------------------------
+# data: URIs and bare base64
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode_data_uri(text: str, field: str, limits: FetchLimits) -> bytes:
+    # data:[<media type>][;param=value]*[;base64],<payload>   (RFC 2397)
+    header, comma, payload = text[len("data:") :].partition(",")
+    if not comma:
+        raise InputFetchError(field, "is not a valid data URI (no ',' before the payload)")
+    parts = [part.strip().lower() for part in header.split(";")]
+    mime = parts[0]
+    if not mime.startswith("image/"):
+        raise InputFetchError(
+            field, f"data URI media type {_clip(mime, 60) or '(none)'!r} is not an image/* type"
+        )
+    if parts[-1] != "base64":
+        raise InputFetchError(field, "data URI must be base64-encoded (';base64,')")
+    return _b64decode(payload, field, limits, what="data URI payload")
+
+
+def _decode_bare_base64(text: str, field: str, limits: FetchLimits) -> bytes:
+    compact = _WHITESPACE.sub("", text)
+    if len(compact) < 8 or not _BASE64_CHARS.match(compact):
+        raise InputFetchError(field, _not_an_input(limits))
+    return _b64decode(compact, field, limits, what=None)
+
+
+def _not_an_input(limits: FetchLimits) -> str:
+    return (
+        "must be an http(s) URL, a data:image/...;base64 URI, or base64-encoded image bytes "
+        f"in an allowed format ({', '.join(limits.allowed_formats)})"
+    )
+
+
+def _b64decode(payload: str, field: str, limits: FetchLimits, what: str | None) -> bytes:
+    bad = f"{what} is not valid base64" if what else _not_an_input(limits)
+    compact = _WHITESPACE.sub("", payload)
+    # Refuse before decoding: 4 base64 characters carry 3 bytes.
+    if (len(compact) // 4) * 3 > limits.max_bytes + 3:
+        raise InputFetchError(field, f"image exceeds the limit of {limits.max_bytes} bytes")
+    if not compact or not _BASE64_CHARS.match(compact):
+        raise InputFetchError(field, bad)
+    unpadded = compact.rstrip("=")
+    if len(unpadded) % 4 == 1:
+        raise InputFetchError(field, bad)
+    padded = unpadded + "=" * (-len(unpadded) % 4)
+    if "-" in padded or "_" in padded:
+        padded = padded.replace("-", "+").replace("_", "/")
+    try:
+        data = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputFetchError(field, bad) from None
+    if not data:
+        raise InputFetchError(field, "image is empty")
+    if len(data) > limits.max_bytes:
+        raise InputFetchError(field, f"image exceeds the limit of {limits.max_bytes} bytes")
+    if what is None:
+        # Bare base64 that decodes to something Pillow cannot identify is most likely not
+        # base64 at all; say so in terms of what the field accepts.
+        _require_image_signature(data, field, limits)
+    return data
+
+
+def _require_image_signature(data: bytes, field: str, limits: FetchLimits) -> None:
+    try:
+        with Image.open(io.BytesIO(data), formats=list(limits.allowed_formats)):
+            pass
+    except Image.DecompressionBombError:
+        return  # an image after all; _decode_image reports it properly
+    except Exception:  # noqa: BLE001 - anything Pillow raises here means "not an image"
+        raise InputFetchError(field, _not_an_input(limits)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (runs in a worker thread)
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode_image(data: bytes, field: str, limits: FetchLimits) -> Image.Image:
+    allowed = ", ".join(limits.allowed_formats)
+    try:
+        # Image.open reads only the header; formats= restricts which decoders may even try.
+        img = Image.open(io.BytesIO(data), formats=list(limits.allowed_formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # The warning is only raised when warnings are configured as errors.
+        raise InputFetchError(field, f"image has more than {limits.max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        raise InputFetchError(field, f"is not an image in an allowed format ({allowed})") from None
+    except Exception as exc:  # noqa: BLE001 - malformed header of any kind is bad input
+        raise InputFetchError(field, f"image could not be read ({type(exc).__name__})") from None
+    try:
+        # Pillow reports multi-picture JPEGs (most phone photos) as MPO; they are JPEGs.
+        image_format = "JPEG" if img.format == "MPO" else img.format
+        if image_format not in limits.allowed_formats:
+            raise InputFetchError(field, f"image format {img.format} is not allowed ({allowed})")
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise InputFetchError(field, "image has no pixels")
+        if width * height > limits.max_pixels:
+            raise InputFetchError(
+                field,
+                f"image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{limits.max_pixels}",
+            )
+        try:
+            img.load()
+            oriented = ImageOps.exif_transpose(img)
+            if oriented is img:  # detach from the file-backed image closed below
+                oriented = img.copy()
+            return _to_rgb(oriented)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputFetchError(
+                field, f"image has more than {limits.max_pixels} pixels"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt data of any kind
+            raise InputFetchError(
+                field, f"image data is corrupt or truncated ({type(exc).__name__})"
+            ) from None
+    finally:
+        img.close()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("P", "PA") or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        img = img.convert("RGBA")
+    return img.convert("RGB")

@@ -1,0 +1,56 @@
+"""Object key rules and the tenant-scoped key layout."""
+
+from __future__ import annotations
+
+import re
+
+MAX_KEY_LENGTH = 1024
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_EXT = re.compile(r"[a-z0-9]{1,10}")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative object key, else raise ``ValueError``.
+
+    Allowed: ``[A-Za-z0-9._/-]``, no leading ``/``, no empty, ``.`` or ``..`` segments.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("object key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"object key longer than {MAX_KEY_LENGTH} characters")
+    if not _KEY_CHARS.fullmatch(key):
+        raise ValueError(f"object key has characters outside [A-Za-z0-9._/-]: {key!r}")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise ValueError(f"object key has an empty, '.' or '..' segment: {key!r}")
+    return key
+
+
+def _segment(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
+        raise ValueError(f"invalid {name} {value!r}: want [A-Za-z0-9][A-Za-z0-9_-]{{0,127}}")
+    return value
+
+
+def image_key(tenant: str, request_id: str, index: int, ext: str = "png") -> str:
+    """``tenants/<tenant>/images/<request_id>/<index>.<ext>``."""
+    _segment("tenant", tenant)
+    _segment("request_id", request_id)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"invalid image index {index!r}")
+    if not isinstance(ext, str) or not _EXT.fullmatch(ext):
+        raise ValueError(f"invalid extension {ext!r}")
+    return f"tenants/{tenant}/images/{request_id}/{index}.{ext}"
+
+
+def tenant_of(key: str) -> str | None:
+    """The tenant owning a ``tenants/<tenant>/...`` key; None for other or invalid keys."""
+    try:
+        validate_key(key)
+    except ValueError:
+        return None
+    parts = key.split("/", 2)
+    if len(parts) == 3 and parts[0] == "tenants" and _SEGMENT.fullmatch(parts[1]):
+        return parts[1]
+    return None

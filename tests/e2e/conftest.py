@@ -1,0 +1,95 @@
+"""One local Ray cluster for the end-to-end tests: serve_config.yaml's apps with
+tiny models, the emulated GPU types, the local object store, real HTTP."""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from PIL import Image
+
+from tests.support.service import ROOT, LocalService
+
+KEY_A, KEY_B = "sk-test-tenant-a", "sk-test-tenant-b"
+
+
+def e2e_config(tmp: Path) -> Path:
+    """serve_config.yaml with one tight family deployment (sd15 on a100) for the 503 test."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args = config["applications"][0]["args"]
+    tight = copy.deepcopy(args["families"]["sd15"]["deployment"])
+    tight.update(max_ongoing_requests=1, max_queued_requests=1)
+    args["families"]["sd15"]["per_gpu"] = {"a100": tight}
+    path = tmp / "serve_config.e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    svc = LocalService(
+        tmp,
+        e2e_config(tmp),
+        keys={KEY_A: "tenant-a", KEY_B: "tenant-b"},
+        env={"STUDIO_ALLOW_LOOPBACK_INPUTS": "true", "STUDIO_RETRY_AFTER_SECONDS": "3"},
+    )
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    with httpx.Client(base_url=service.api, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=300) as c:
+        yield c
+
+
+class _Images(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def do_GET(self):  # noqa: N802
+        data = self.files.get(self.path)
+        if data is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def png(size, color=(200, 120, 40), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """A real loopback HTTP server holding input images."""
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    _Images.files = {
+        "/photo.png": png((320, 256)),
+        "/huge.png": png((2000, 1000)),
+        "/square.png": png((256, 256)),
+        "/mask.png": buf.getvalue(),
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()

@@ -1,0 +1,115 @@
+"""Start the real service (``python -m ingress.local up``) in a subprocess for tests
+and benchmarks, and stop exactly the processes it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalService:
+    """A local Ray node + Serve app, launched as its own process group."""
+
+    def __init__(self, workdir: Path, config: Path, *, keys: dict[str, str], env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.config = config
+        self.keys = keys
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.api = f"{self.base}/api/v1/studio"
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log: deque[str] = deque(maxlen=400)
+
+    def start(self, timeout: float = 420) -> "LocalService":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")}
+        env.update(
+            {
+                "STUDIO_API_KEYS": json.dumps(self.keys),
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        cmd = [
+            sys.executable, "-m", "ingress.local", "up",
+            "--config", str(self.config), "--port", str(self.port),
+            "--models-dir", str(self.workdir / "models"), "--data-dir", str(self.workdir / "data"),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        ready = threading.Event()
+
+        def pump():
+            for line in self.proc.stdout:
+                self.log.append(line.rstrip())
+                if line.startswith("READY "):
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(self.log)
+                self.stop()
+                raise RuntimeError(f"service did not come up:\n{tail}")
+        return self
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM the launcher (it shuts Serve and Ray down), then SIGKILL whatever is
+        left of the session it leads: Ray workers sit in process groups of their own
+        but keep the launcher's session id, so nothing else is touched."""
+        if self.proc is None:
+            return
+        sid = self.proc.pid
+        try:
+            os.killpg(sid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 15
+        while session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in session_members(sid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs whose session id is ``sid`` (Linux /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
