@@ -1,0 +1,348 @@
+"""The diffusion family: model code (no IO) and its Ray Serve deployment class.
+
+Two layers:
+
+* ``DiffusionModel`` turns an ``ImageJob`` into PIL images. It does no IO: the
+  pipelines come in already loaded, inputs come in already fetched, outputs go
+  back as images for the caller to encode and store.
+* ``DiffusionFamily`` is the Serve deployment (a plain class; the builder binds
+  it with ``serve.deployment(DiffusionFamily, **options).bind(...)``). It loads
+  weights through ``deployments.loader.load_pipeline``, runs the model off the
+  event loop, encodes PNGs and uploads them to the object store.
+
+Concurrency: the text2img/img2img/inpaint pipelines share one set of modules,
+and a diffusers pipeline keeps per-call state on itself (``_guidance_scale``,
+``_num_timesteps``, ``_interrupt``, and here the per-request scheduler), so a
+replica runs ONE generation at a time. ``DiffusionFamily.run`` waits on an
+``asyncio.Lock`` (waiting requests cost no thread) and ``DiffusionModel`` also
+holds a ``threading.Lock`` so direct callers, and a thread left running after
+its request was cancelled, are safe too. Queueing and backpressure beyond that
+are Serve's job (``max_ongoing_requests`` / ``max_queued_requests``); scale by
+adding replicas, not concurrency inside one.
+
+Seeds: image ``i`` of a batch uses seed ``job.seed + i``. Without a seed, a base
+seed is drawn with ``secrets`` in 0..2**32-1 (so that every ``base + i`` stays in
+that range) and returned per image, so any output can be reproduced by sending
+its seed back. Noise is drawn from one CPU ``torch.Generator`` per image: the
+same seed gives the same starting noise on any device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from deployments.errors import InvalidJobError, JobError, ModelError
+from deployments.schedulers import build_scheduler
+from deployments.types import GeneratedImage, ImageJob, ImageResult
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from deployments.loader import DiffusionPipelines
+    from storage.base import ObjectStore
+    from storage.settings import StorageSettings
+
+logger = logging.getLogger("deployments.diffusion")
+
+MAX_SEED = 2**32 - 1
+TASKS = ("text2img", "img2img", "inpaint")
+OnStep = Callable[[int, int], None]
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class DiffusionModel:
+    """Runs jobs on one set of loaded pipelines. No IO, one job at a time."""
+
+    def __init__(self, pipelines: DiffusionPipelines):
+        self.pipelines = pipelines
+        # Captured once: the pipelines' ``scheduler`` attribute is replaced per request.
+        self.base_scheduler_config = dict(pipelines.text2img.scheduler.config)
+        encoders = [pipelines.text2img.text_encoder]
+        if getattr(pipelines.text2img, "text_encoder_2", None) is not None:
+            encoders.append(pipelines.text2img.text_encoder_2)
+        self.text_encoder_layers = min(e.config.num_hidden_layers for e in encoders if e is not None)
+        self._lock = threading.Lock()
+
+    # -- validation -------------------------------------------------------
+    def _seeds(self, job: ImageJob) -> list[int]:
+        if job.seed is None:
+            base = secrets.randbelow(MAX_SEED + 1 - (job.batch - 1))
+        else:
+            base = job.seed
+            if base < 0 or base + job.batch - 1 > 2**64 - 1:
+                raise InvalidJobError("seed", "seed must be in 0..2**64-1 (image i uses seed + i)")
+        return [base + i for i in range(job.batch)]
+
+    def _check(self, job: ImageJob) -> None:
+        if job.task not in TASKS:
+            raise InvalidJobError("task", f"unknown task {job.task!r}; use one of {', '.join(TASKS)}")
+        if job.batch < 1:
+            raise InvalidJobError("batch", "batch must be at least 1")
+        if job.num_inference_steps < 1:
+            raise InvalidJobError("num_inference_steps", "num_inference_steps must be at least 1")
+        if job.clip_skip is not None and not 0 <= job.clip_skip < self.text_encoder_layers:
+            raise InvalidJobError(
+                "clip_skip",
+                f"clip_skip must be in 0..{self.text_encoder_layers - 1}: this model's text encoder "
+                f"has {self.text_encoder_layers} layers",
+            )
+        if job.task in ("img2img", "inpaint"):
+            if job.image is None:
+                raise InvalidJobError("image", f"{job.task} needs an input image")
+            if not 0.0 < job.strength <= 1.0:
+                raise InvalidJobError("strength", "strength must be in (0, 1]")
+            if int(job.num_inference_steps * job.strength) < 1:
+                raise InvalidJobError(
+                    "strength",
+                    f"strength * num_inference_steps must be at least 1 (got {job.strength} * "
+                    f"{job.num_inference_steps}); raise strength or num_inference_steps",
+                )
+        if job.task == "inpaint" and job.mask is None:
+            raise InvalidJobError("mask", "inpaint needs a mask image")
+        if job.task == "text2img":
+            factor = self.pipelines.vae_scale_factor
+            for name in ("height", "width"):
+                value = getattr(job, name)
+                if value is not None and (value < factor or value % factor):
+                    raise InvalidJobError(name, f"{name} must be a positive multiple of {factor}")
+
+    # -- generation -------------------------------------------------------
+    def generate(self, job: ImageJob, *, on_step: OnStep | None = None) -> list[tuple[Image.Image, int]]:
+        """Run ``job``; return ``[(image, seed), ...]``, one per batch item.
+
+        Raises ``InvalidJobError`` for a job this model cannot do and
+        ``ModelError`` when diffusers fails on a valid job. Blocking: call it
+        from a worker thread, never on an event loop.
+        """
+        import torch
+        from PIL import Image
+
+        self._check(job)
+        seeds = self._seeds(job)
+        scheduler = build_scheduler(
+            job.scheduler,
+            self.base_scheduler_config,
+            use_karras_sigmas=job.use_karras_sigmas,
+            algorithm_type=job.algorithm_type,
+        )
+        pipe = self.pipelines.pipeline(job.task)
+        kwargs: dict[str, Any] = {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "num_inference_steps": job.num_inference_steps,
+            "guidance_scale": job.guidance_scale,
+            "num_images_per_prompt": job.batch,
+            "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
+            "clip_skip": job.clip_skip,
+            "output_type": "pil",
+        }
+        if job.task == "text2img":
+            kwargs["height"] = job.height or self.pipelines.default_height
+            kwargs["width"] = job.width or self.pipelines.default_width
+        else:
+            image = job.image.convert("RGB")
+            kwargs["image"] = image
+            kwargs["strength"] = job.strength
+            if job.task == "inpaint":
+                kwargs["mask_image"] = job.mask.convert("L").resize(image.size, Image.NEAREST)
+                kwargs["height"] = image.height
+                kwargs["width"] = image.width
+
+        if on_step is not None:
+            def _callback(p, step: int, timestep, callback_kwargs: dict) -> dict:
+                on_step(step + 1, int(p.num_timesteps))
+                return {}
+
+            kwargs["callback_on_step_end"] = _callback
+            kwargs["callback_on_step_end_tensor_inputs"] = []
+
+        with self._lock:
+            pipe.scheduler = scheduler  # per request; safe under the lock
+            try:
+                with torch.inference_mode():
+                    images = pipe(**kwargs).images
+            except JobError:
+                raise
+            except ValueError as exc:
+                if "After adjusting the num_inference_steps by strength" in str(exc):
+                    raise InvalidJobError(
+                        "strength",
+                        "strength * num_inference_steps must be at least 1; raise strength or "
+                        "num_inference_steps",
+                    ) from exc
+                logger.exception("generation failed", extra={"task": job.task, "request_id": job.request_id})
+                raise ModelError(_short(exc)) from exc
+            except Exception as exc:
+                logger.exception("generation failed", extra={"task": job.task, "request_id": job.request_id})
+                raise ModelError(_short(exc)) from exc
+        if len(images) != len(seeds):
+            raise ModelError(f"pipeline returned {len(images)} images for a batch of {len(seeds)}")
+        return list(zip(images, seeds))
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _Metrics:
+    """A few Serve metrics; a no-op if ``ray.serve.metrics`` is unavailable."""
+
+    def __init__(self) -> None:
+        self.seconds = self.images = None
+        try:
+            from ray.serve import metrics
+
+            self.seconds = metrics.Histogram(
+                "studio_diffusion_generation_seconds",
+                description="Seconds spent generating one job (model time, without upload).",
+                boundaries=[0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80],
+                tag_keys=("task",),
+            )
+            self.images = metrics.Counter(
+                "studio_diffusion_images_total",
+                description="Images generated.",
+                tag_keys=("task",),
+            )
+        except Exception:  # pragma: no cover - metrics are best effort
+            logger.debug("ray.serve.metrics unavailable; metrics disabled", exc_info=True)
+
+    def record(self, task: str, seconds: float, images: int) -> None:
+        try:
+            if self.seconds is not None:
+                self.seconds.observe(seconds, tags={"task": task})
+            if self.images is not None:
+                self.images.inc(images, tags={"task": task})
+        except Exception:  # pragma: no cover
+            logger.debug("metric update failed", exc_info=True)
+
+
+class DiffusionFamily:
+    """Serve deployment for one diffusion model family on one GPU type.
+
+    Plain class on purpose: ``ingress.builder`` applies ``serve.deployment`` with
+    options from config. ``store`` lets tests (or an embedding caller) inject an
+    object store instead of opening one from ``storage``.
+    """
+
+    def __init__(
+        self,
+        model_source: str,
+        *,
+        revision: str | None = None,
+        dtype: str = "auto",
+        storage: StorageSettings | None = None,
+        family: str = "",
+        gpu: str = "",
+        store: ObjectStore | None = None,
+    ):
+        from deployments.loader import load_pipeline
+
+        self.model_source = model_source
+        self.family = family
+        self.gpu = gpu
+        start = time.perf_counter()
+        pipelines = load_pipeline(model_source, revision=revision, dtype=dtype)
+        load_seconds = time.perf_counter() - start
+        self.model = DiffusionModel(pipelines)
+        if store is None:
+            from storage.factory import open_store
+
+            store = open_store(storage)
+        self.store = store
+        self._lock = asyncio.Lock()
+        self._metrics = _Metrics()
+        logger.info(
+            "model loaded family=%s gpu=%s source=%s kind=%s device=%s dtype=%s load_seconds=%.2f",
+            family, gpu, model_source, pipelines.kind, pipelines.device, pipelines.dtype, load_seconds,
+            extra={
+                "family": family,
+                "gpu": gpu,
+                "model_source": model_source,
+                "kind": pipelines.kind,
+                "device": pipelines.device,
+                "dtype": pipelines.dtype,
+                "load_seconds": round(load_seconds, 3),
+            },
+        )
+
+    def _store_images(self, job: ImageJob, outputs: list[tuple[Image.Image, int]]) -> list[GeneratedImage]:
+        from storage.keys import image_key
+
+        results = []
+        for index, (image, seed) in enumerate(outputs):
+            data = encode_png(image)
+            key = image_key(job.tenant, job.request_id, index)
+            self.store.put(key, data, "image/png")
+            results.append(
+                GeneratedImage(
+                    key=key,
+                    seed=seed,
+                    width=image.width,
+                    height=image.height,
+                    content_type="image/png",
+                    data=data if job.return_bytes else None,
+                )
+            )
+        return results
+
+    async def run(self, job: ImageJob) -> ImageResult:
+        """Generate ``job``, store its PNGs under the tenant, return where they are."""
+        start = time.perf_counter()
+        async with self._lock:
+            gen_start = time.perf_counter()
+            outputs = await asyncio.to_thread(self.model.generate, job)
+            gen_seconds = time.perf_counter() - gen_start
+        images = await asyncio.to_thread(self._store_images, job, outputs)
+        run_seconds = time.perf_counter() - start
+        self._metrics.record(job.task, gen_seconds, len(images))
+        logger.info(
+            "job done request_id=%s task=%s images=%d generation_seconds=%.3f run_seconds=%.3f",
+            job.request_id, job.task, len(images), gen_seconds, run_seconds,
+            extra={
+                "request_id": job.request_id,
+                "tenant": job.tenant,
+                "task": job.task,
+                "images": len(images),
+                "generation_seconds": round(gen_seconds, 4),
+                "run_seconds": round(run_seconds, 4),
+            },
+        )
+        return ImageResult(images=images, run_seconds=run_seconds)
+
+    async def check_health(self) -> None:
+        """Cheap liveness check for Serve: the model and store are in place."""
+        model = getattr(self, "model", None)
+        if model is None or getattr(model.pipelines.text2img, "unet", None) is None:
+            raise RuntimeError("diffusion model is not loaded")
+        if self.store is None:
+            raise RuntimeError("object store is not open")
+
+    def info(self) -> dict:
+        from deployments.schedulers import usable_scheduler_names
+
+        p = self.model.pipelines
+        return {
+            "family": self.family,
+            "gpu": self.gpu,
+            "kind": p.kind,
+            "default_height": p.default_height,
+            "default_width": p.default_width,
+            "model_source": self.model_source,
+            "device": p.device,
+            "dtype": p.dtype,
+            "default_scheduler": self.model.base_scheduler_config.get("_class_name"),
+            "schedulers": usable_scheduler_names(),
+            "text_encoder_layers": self.model.text_encoder_layers,
+        }
