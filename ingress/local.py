@@ -96,7 +96,12 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     from ingress.builder import build_app
 
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 600})
-    serve.run(build_app(app["args"]), name=name, route_prefix=app.get("route_prefix", "/"))
+    serve.run(
+        build_app(app["args"]),
+        name=name,
+        route_prefix=app.get("route_prefix", "/"),
+        logging_config=app.get("logging_config"),
+    )
     print_ready(port, env)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
