@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
 class ObjectNotFound(KeyError):
     """No object under that key."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object changed since it was read, or already exists."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: float  # Unix time
 
 
 @runtime_checkable
@@ -24,3 +36,16 @@ class ObjectStore(Protocol):
 
     def url(self, key: str, expires_in: int) -> str:
         """A URL that downloads ``key`` for ``expires_in`` seconds, then stops working."""
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The bytes under ``key`` and their ETag; raise ``ObjectNotFound`` if absent."""
+
+    def put_if(
+        self, key: str, data: bytes, content_type: str = "application/json", *,
+        if_match: str | None = None, if_absent: bool = False,
+    ) -> str:
+        """Write only if the current ETag is ``if_match`` (or, with ``if_absent``, if
+        nothing is there); return the new ETag or raise ``PreconditionFailed``."""
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a folder-like prefix ending in ``/``)."""

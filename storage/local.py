@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from storage.base import ObjectNotFound
+from storage.base import ObjectInfo, ObjectNotFound, PreconditionFailed
 from storage.keys import validate_key
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class LocalObjectStore:
         self._secret = bytes(secret)
         self._data = self.root / "data"
         self._meta = self.root / "meta"
+        self._locks = self.root / "locks"
 
     def __repr__(self) -> str:
         return f"LocalObjectStore(root={str(self.root)!r}, public_base_url={self.public_base_url!r})"
@@ -107,6 +109,56 @@ class LocalObjectStore:
         _write_atomic(meta_path, json.dumps({"content_type": content_type}).encode())
         _write_atomic(data_path, bytes(data))
         log.debug("put %s (%d bytes, %s)", key, len(data), content_type)
+
+    def _lock(self, key: str):
+        """An exclusive cross-process lock for ``key`` (flock on a lock file)."""
+        self._locks.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return _FileLock(self._locks / name)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The bytes under ``key`` and their ETag (MD5 hex, as S3 gives for single-part objects)."""
+        data = self.get(key)
+        return data, hashlib.md5(data).hexdigest()
+
+    def put_if(
+        self, key: str, data: bytes, content_type: str = "application/json", *,
+        if_match: str | None = None, if_absent: bool = False,
+    ) -> str:
+        """Compare-and-swap under a per-key file lock; see ``ObjectStore.put_if``."""
+        data_path, meta_path = self._paths(key)
+        with self._lock(key):
+            try:
+                current = data_path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                current = None
+            if if_absent and current is not None:
+                raise PreconditionFailed(key)
+            if if_match is not None and (current is None or hashlib.md5(current).hexdigest() != if_match):
+                raise PreconditionFailed(key)
+            _write_atomic(meta_path, json.dumps({"content_type": content_type}).encode())
+            _write_atomic(data_path, bytes(data))
+        return hashlib.md5(data).hexdigest()
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under a folder-like ``prefix`` (``""`` for all)."""
+        base = self._data.joinpath(*[p for p in prefix.split("/") if p])
+        if prefix and not prefix.endswith("/"):
+            raise ValueError("list() takes a folder-like prefix ending in '/'")
+        if not base.is_dir():
+            return []
+        found = []
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                found.append(ObjectInfo(path.relative_to(self._data).as_posix(), st.st_size, st.st_mtime))
+        return sorted(found, key=lambda o: o.key)
 
     def get(self, key: str) -> bytes:
         """Return the bytes under ``key``; raise ``ObjectNotFound`` if absent."""
@@ -165,3 +217,20 @@ class LocalObjectStore:
         expected = self._signature(key, expires_at)
         ok = hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
         return ok and time.time() <= expires_at
+
+
+class _FileLock:
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> "_FileLock":
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None

@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any
 
-from storage.base import ObjectNotFound
+from storage.base import ObjectInfo, ObjectNotFound, PreconditionFailed
 from storage.keys import validate_key
 from storage.settings import MAX_URL_EXPIRY_SECONDS, StorageSettings
 
@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
 _NO_BUCKET_CODES = {"NoSuchBucket", "NotFound", "404"}
+_PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
 def _error_code(exc: Exception) -> str:
@@ -108,6 +109,50 @@ class S3ObjectStore:
             raise
         with response["Body"] as body:
             return body.read()
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The bytes under ``key`` and their ETag (quotes stripped)."""
+        from botocore.exceptions import ClientError
+
+        validate_key(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND_CODES:
+                raise ObjectNotFound(key) from None
+            raise
+        with response["Body"] as body:
+            return body.read(), response["ETag"].strip('"')
+
+    def put_if(
+        self, key: str, data: bytes, content_type: str = "application/json", *,
+        if_match: str | None = None, if_absent: bool = False,
+    ) -> str:
+        """S3 conditional write (``If-Match`` / ``If-None-Match: *``)."""
+        from botocore.exceptions import ClientError
+
+        validate_key(key)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": bytes(data), "ContentType": content_type}
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        try:
+            response = self.client.put_object(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc) in _PRECONDITION_CODES or _error_code(exc) in _NOT_FOUND_CODES:
+                raise PreconditionFailed(key) from None
+            raise
+        return response["ETag"].strip('"')
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under ``prefix`` (paginated ListObjectsV2)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        found = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found.append(ObjectInfo(obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp()))
+        return found
 
     def _head(self, key: str) -> dict[str, Any]:
         from botocore.exceptions import ClientError
