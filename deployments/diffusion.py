@@ -37,9 +37,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from deployments.errors import InvalidJobError, JobError, ModelError
+from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped
 from deployments.schedulers import build_scheduler
-from deployments.types import GeneratedImage, ImageJob, ImageResult
+from deployments.types import GeneratedImage, ImageJob, ImageResult, TaskRef
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -196,6 +196,16 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _replica_id() -> str:
+    """This Serve replica's id (a random id outside Serve)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return "local-" + secrets.token_hex(4)
+
+
 class _Metrics:
     """A few Serve metrics; a no-op if ``ray.serve.metrics`` is unavailable."""
 
@@ -261,6 +271,10 @@ class DiffusionFamily:
 
             store = open_store(storage)
         self.store = store
+        from storage.tasks import TaskStore
+
+        self.tasks = TaskStore(store)
+        self.owner = _replica_id()
         self._lock = asyncio.Lock()
         self._metrics = _Metrics()
         logger.info(
@@ -320,6 +334,39 @@ class DiffusionFamily:
             },
         )
         return ImageResult(images=images, run_seconds=run_seconds)
+
+    async def run_task(self, job: ImageJob, ref: TaskRef) -> str:
+        """Run one attempt of an async task; the outcome goes to the task record.
+
+        Returns the final status this worker wrote (or ``"skipped"`` when the
+        attempt was not ours to run). Errors about the job end the task as
+        FAILURE; anything else propagates, so the coordinator retries it.
+        """
+        from deployments.tasks import TaskLease
+
+        lease = TaskLease(self.tasks, ref, self.owner)
+        if not await asyncio.to_thread(lease.claim):
+            return "skipped"
+        lease.start()
+        try:
+            async with self._lock:
+                lease.check()
+                outputs = await asyncio.to_thread(self.model.generate, job, on_step=lease.on_step)
+            lease.check()
+            images = await asyncio.to_thread(self._store_images, job, outputs)
+            await asyncio.to_thread(lease.succeed, images)
+            return "SUCCESS"
+        except TaskStopped:
+            await asyncio.to_thread(lease.revoked)
+            return lease.stop_reason or "stopped"
+        except InvalidJobError as exc:
+            await asyncio.to_thread(lease.fail, "ValidationError", f"{exc.field}: {exc.message}")
+            return "FAILURE"
+        except ModelError as exc:
+            await asyncio.to_thread(lease.fail, "ModelError", str(exc))
+            return "FAILURE"
+        finally:
+            lease.stop()
 
     async def check_health(self) -> None:
         """Cheap liveness check for Serve: the model and store are in place."""

@@ -16,3 +16,11 @@ class InvalidJobError(JobError):
 
 class ModelError(JobError):
     """The model failed while running a valid job."""
+
+
+class TaskStopped(JobError):
+    """An async task stopped early: cancelled (``revoked``) or its lease was lost (``lost``)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

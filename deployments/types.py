@@ -55,3 +55,14 @@ class GeneratedImage:
 class ImageResult:
     images: list[GeneratedImage] = field(default_factory=list)
     run_seconds: float = 0.0
+
+
+@dataclass
+class TaskRef:
+    """Which async task (and which attempt of it) a job belongs to."""
+
+    tenant: str
+    task_id: str
+    attempt: int
+    lease_seconds: float = 20.0
+    renew_seconds: float = 1.0

@@ -19,15 +19,17 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from deployments.types import ImageResult
+from ingress.async_tasks import TaskService
 from ingress.auth import KeyRing
 from ingress.dispatch import Dispatcher
 from ingress.envelopes import envelope_response, install_handlers
 from ingress.errors import NotFound, ValidationFailed
-from ingress.inputs import FetchLimits
+from ingress.inputs import FetchLimits, check_url
 from ingress.jobs import build_job, redact
 from ingress.registry import Registry
 from ingress.schemas.envelope import Envelope, ImageMeta
 from ingress.schemas.generation import GenerationRequest, ImageToImageRequest, TextToImageRequest
+from ingress.schemas.tasks import CancelRequest, StatusRequest
 from ingress.settings import IngressSettings
 from ingress.validation import check_for_app, parse
 from storage.base import ObjectNotFound, ObjectStore
@@ -47,6 +49,7 @@ class Studio:
     store: ObjectStore
     settings: IngressSettings
     url_expiry_seconds: int
+    tasks: TaskService | None = None  # None: async tasks are off (e.g. the in-process benchmark)
 
     @property
     def fetch_limits(self) -> FetchLimits:
@@ -73,8 +76,11 @@ def create_api(studio: Studio) -> FastAPI:
     async def generate(route: str, model: type[GenerationRequest], request: Request, authorization: str | None):
         started = time.perf_counter()
         tenant = studio.keys.tenant(authorization)
-        req = parse(model, await _json(request))
+        body = await _json(request)
+        req = parse(model, body)
         app, gpu = check_for_app(route, req, studio.registry)
+        if req.celery:
+            return envelope_response(await submit(route, app, gpu, req, body, tenant, request))
         request_id = uuid.uuid4().hex
         job = await build_job(app, req, tenant, request_id, limits)
         result = await studio.dispatcher.run(app.family, gpu, job, studio.settings.sync_timeout_seconds)
@@ -97,6 +103,42 @@ def create_api(studio: Studio) -> FastAPI:
                    "seconds": env.time_required},
         )
         return envelope_response(env, headers={"X-Studio-Deployment": f"{app.family}-{gpu}"})
+
+    async def submit(route, app, gpu, req, body, tenant, request: Request) -> Envelope:
+        if studio.tasks is None:
+            raise ValidationFailed("celery: async tasks are not enabled on this deployment; send celery: false")
+        if req.webhook:
+            check_url(req.webhook, "webhook", limits)
+            if studio.settings.webhook_secret(tenant) is None:
+                raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise ValidationFailed("Idempotency-Key: allowed: 1..255 characters")
+        return await studio.tasks.submit(route, app, gpu, req, body, redact(req), tenant, key)
+
+    def task_service() -> TaskService:
+        if studio.tasks is None:
+            raise NotFound("async tasks are not enabled on this deployment")
+        return studio.tasks
+
+    @api.post(f"{PREFIX}/getImage", response_model=Envelope, openapi_extra=_body_doc(StatusRequest),
+              summary="Task status (by id, or by refID)")
+    async def get_image(request: Request, authorization: str | None = Header(None)):
+        tenant = studio.keys.tenant(authorization)
+        req = parse(StatusRequest, await _json(request))
+        return envelope_response(await task_service().status(tenant, req.id, req.refID))
+
+    @api.get(f"{PREFIX}/status/{{task_id}}", response_model=Envelope, summary="Task status")
+    async def get_status(task_id: str, authorization: str | None = Header(None)):
+        tenant = studio.keys.tenant(authorization)
+        return envelope_response(await task_service().status(tenant, task_id))
+
+    @api.post(f"{PREFIX}/cancelTask", response_model=Envelope, openapi_extra=_body_doc(CancelRequest),
+              summary="Cancel a task: queued never runs, running stops at the next step")
+    async def cancel_task(request: Request, authorization: str | None = Header(None)):
+        tenant = studio.keys.tenant(authorization)
+        req = parse(CancelRequest, await _json(request))
+        return envelope_response(await task_service().cancel(tenant, req.id))
 
     @api.post(f"{PREFIX}/getTextToImage", response_model=Envelope, openapi_extra=_body_doc(TextToImageRequest),
               summary="Text To Image")

@@ -2,7 +2,8 @@
 
 The builder validates ``args`` into :class:`ServiceConfig`, binds one family
 deployment per (family, GPU type) that an app uses, pinned to its GPU type by a
-custom resource, and binds the ingress with their handles.
+custom resource, the one-replica task coordinator, and the ingress with their
+handles.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.diffusion import DiffusionFamily
+from ingress.coordinator import TaskCoordinator
 from ingress.deployment import StudioIngress
 from ingress.registry import ServiceConfig, deployment_name
 
@@ -46,10 +48,19 @@ def family_deployments(config: ServiceConfig) -> dict[str, Application]:
 def build_app(args: dict[str, Any]) -> Application:
     """Serve's application builder: ``args`` is the registry from serve_config.yaml."""
     config = ServiceConfig.model_validate(args)
+    families = family_deployments(config)
+    coordinator = serve.deployment(
+        TaskCoordinator,
+        name="tasks",
+        num_replicas=1,
+        max_ongoing_requests=1000,
+        health_check_period_s=2,
+        ray_actor_options={"num_cpus": 0},
+    ).bind(config.model_dump(mode="json"), families)
     ingress = serve.deployment(
         serve.ingress()(StudioIngress),
         name="ingress",
         ray_actor_options={"num_cpus": 0},
         **config.ingress.serve_options(),
     )
-    return ingress.bind(config.model_dump(mode="json"), family_deployments(config))
+    return ingress.bind(config.model_dump(mode="json"), families, coordinator)

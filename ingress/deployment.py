@@ -6,12 +6,14 @@ import logging
 from typing import Any
 
 from ingress.api import Studio, create_api
+from ingress.async_tasks import TaskService
 from ingress.auth import KeyRing
 from ingress.dispatch import ServeDispatcher
 from ingress.registry import Registry, ServiceConfig
 from ingress.settings import IngressSettings
 from storage.factory import open_store
 from storage.settings import StorageSettings
+from storage.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +21,31 @@ log = logging.getLogger(__name__)
 class StudioIngress:
     """Plain class; ``ingress.builder`` wraps it with ``serve.ingress`` and binds it."""
 
-    def __init__(self, config: dict[str, Any], handles: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], handles: dict[str, Any], coordinator: Any = None):
         settings = IngressSettings()
         storage = StorageSettings()
+        store = open_store(storage)
+        tasks = None
+        if coordinator is not None:
+
+            async def kick(tenant: str, task_id: str) -> None:
+                try:
+                    await coordinator.kick.remote(tenant, task_id)
+                except Exception:  # the coordinator's next scan finds the task anyway
+                    log.warning("could not kick the coordinator for %s", task_id, exc_info=True)
+
+            tasks = TaskService(
+                TaskStore(store), storage.url_expiry_seconds, settings.task_max_attempts,
+                settings.retention_seconds, kick,
+            )
         self.studio = Studio(
             registry=Registry(ServiceConfig.model_validate(config)),
             keys=KeyRing.load(settings.api_keys, settings.api_keys_file),
             dispatcher=ServeDispatcher(handles, settings.retry_after_seconds),
-            store=open_store(storage),
+            store=store,
             settings=settings,
             url_expiry_seconds=storage.url_expiry_seconds,
+            tasks=tasks,
         )
         log.info("ingress ready", extra={"apps": len(self.studio.registry.apps), "keys": len(self.studio.keys)})
 

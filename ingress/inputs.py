@@ -555,3 +555,38 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("P", "PA") or (img.mode in ("L", "RGB") and "transparency" in img.info):
         img = img.convert("RGBA")
     return img.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Guarded client for other modules (added for ingress.webhooks)
+# ---------------------------------------------------------------------------------------------
+
+
+def guarded_async_client(
+    limits: FetchLimits,
+    *,
+    timeout_seconds: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> AsyncClient:
+    """An ``httpx.AsyncClient`` under exactly the SSRF rules image fetching uses.
+
+    Same ssrfguard policy (from ``limits``: ``allow_loopback``, ``allowed_ports``,
+    ``max_redirects``), same resolver and TLS verification hooks (so tests that replace
+    ``_resolver``/``_verify`` cover it too), ``trust_env=False`` and redirects NOT followed.
+    Every request re-checks its URL and connects only to the address it validated.
+
+    The caller still owns: :func:`check_url` before the request (encoded-IPv4 and
+    ``localhost`` refusal), a total wall-time cap (``asyncio.timeout``), and capped body reads.
+    ``timeout_seconds`` (default ``limits.timeout_seconds``) is httpx's per-operation timeout;
+    the connect timeout is ``limits.connect_timeout_seconds`` (at most ``timeout_seconds``).
+    """
+    total = limits.timeout_seconds if timeout_seconds is None else timeout_seconds
+    return AsyncClient(
+        policy=_policy_for(limits),
+        resolver=_resolver,
+        verify=_default_ssl_context() if _verify is True else _verify,
+        trust_env=False,  # an environment proxy would resolve the name itself
+        follow_redirects=False,
+        timeout=httpx.Timeout(total, connect=min(limits.connect_timeout_seconds, total)),
+        headers=headers,
+    )

@@ -3,6 +3,8 @@ types emulated as custom resources, the local object store, tiny models.
 
     python -m ingress.local up [--port 8000] [--config serve_config.yaml]
 
+SIGHUP redeploys the application from the (re-read) config file.
+
 The same code path serves the end-to-end tests and the benchmarks: it reads
 ``serve_config.yaml``, applies its runtime_env, and deploys the application
 through ``ingress.builder:build_app`` with ``serve.run``.
@@ -96,17 +98,31 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     from ingress.builder import build_app
 
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 600})
-    serve.run(
-        build_app(app["args"]),
-        name=name,
-        route_prefix=app.get("route_prefix", "/"),
-        logging_config=app.get("logging_config"),
-    )
+
+    def deploy() -> None:
+        current = load_app_config(config_path, name)
+        serve.run(
+            build_app(current["args"]),
+            name=name,
+            route_prefix=current.get("route_prefix", "/"),
+            logging_config=current.get("logging_config"),
+        )
+
+    deploy()
     print_ready(port, env)
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    signal.signal(signal.SIGHUP, lambda *_: (reload.set(), stop.set()))
+    while True:
+        stop.wait()
+        if not reload.is_set():
+            break
+        stop.clear()
+        reload.clear()
+        print("REDEPLOYING", flush=True)
+        deploy()  # a rolling update: every replica is replaced
+        print("REDEPLOYED", flush=True)
     serve.shutdown()
     ray.shutdown()
 

@@ -28,3 +28,27 @@ class IngressSettings(BaseSettings):
         300, gt=0, description="A synchronous call that takes longer answers 504 Timeout."
     )
     retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent with 503 Overloaded.")
+    task_max_attempts: int = Field(
+        3, ge=1, le=20, description="Dispatches of an async task before it is quarantined as FAILURE."
+    )
+    task_lease_seconds: float = Field(20, gt=0, description="A worker that stops renewing for this long is lost.")
+    task_renew_seconds: float = Field(1, gt=0, description="How often a worker renews its lease and reports progress.")
+    coordinator_poll_seconds: float = Field(1, gt=0, description="How often the coordinator scans unfinished tasks.")
+    retention_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="Task records and generated files are deleted after this long."
+    )
+    webhook_secrets: dict[str, str] = Field(
+        default_factory=dict, description="JSON object: tenant -> Standard Webhooks secret (whsec_...)."
+    )
+    webhook_secrets_file: Path | None = Field(None, description="JSON file of the same shape.")
+    webhook_max_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried before a dead letter.")
+    webhook_base_delay_seconds: float = Field(2, gt=0, description="First retry delay; doubles, with jitter.")
+    webhook_max_delay_seconds: float = Field(300, gt=0)
+
+    def webhook_secret(self, tenant: str) -> str | None:
+        secrets = dict(self.webhook_secrets)
+        if self.webhook_secrets_file is not None and self.webhook_secrets_file.exists():
+            import json
+
+            secrets.update(json.loads(self.webhook_secrets_file.read_text()))
+        return secrets.get(tenant)

@@ -95,8 +95,6 @@ _UNSUPPORTED = {
     "tomesd": "token merging (tomesd)",
     "safety_checker": "a safety checker",
     "safety_checker_type": "a safety checker",
-    "webhook": "webhooks (they arrive with async tasks)",
-    "track_id": "webhooks (they arrive with async tasks)",
 }
 
 
@@ -131,8 +129,10 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
         problems.append(
             f"num_inference_steps: {req.num_inference_steps} exceeds app {app.app_id}'s cap; allowed: 1..{lim.steps_max}"
         )
-    if req.celery:
-        problems.append("celery: async tasks are not available yet on this deployment; send celery: false")
+    if req.webhook and not req.celery:
+        problems.append("webhook: webhooks are sent for async tasks; send celery: true with it")
+    if req.reference_id and not req.celery:
+        problems.append("reference_id: only async tasks (celery: true) take a reference_id")
     for field, what in _UNSUPPORTED.items():
         value = getattr(req, field)
         if value not in (None, False, ""):

@@ -32,3 +32,6 @@ class Envelope(BaseModel):
     task_id: str | None = None
     status: TaskStatus | None = None
     meta: ImageMeta | None = Field(None, description="Seeds and size of the images in `output`.")
+    progress: float | None = Field(None, description="Async tasks: 0..1 while running (denoising steps done).")
+    reference_id: str | None = Field(None, description="Async tasks: the submit's reference_id.")
+    track_id: str | None = Field(None, description="Webhook calls: the submit's track_id.")

@@ -60,6 +60,9 @@ class GenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=1, le=30, description="Classifier-free guidance, 1..30, default 7.5.")
     batch: int = Field(1, ge=1, le=8, description="Images to generate, 1..8 (an app may cap it lower).")
     celery: Flag = Field(False, description="true: queue the job and return a task_id at once.")
+    reference_id: str | None = Field(
+        None, min_length=1, max_length=200, description="Your own id for an async task; status lookups accept it as refID."
+    )
     inference_type: GpuType | None = Field(
         None, description="GPU type to run on: a10g, a100 or h100; default: the app's first."
     )
@@ -80,8 +83,10 @@ class GenerationRequest(BaseModel):
     safety_checker: Flag | None = Field(None, description="Run an NSFW checker on the outputs.")
     safety_checker_type: SafetyCheckerType | None = Field(None, description="What the checker does to flagged images.")
     base64: Flag = Field(False, description="true: return images inline as data: URIs instead of URLs.")
-    webhook: str | None = Field(None, max_length=2048, description="URL POSTed the final envelope.")
-    track_id: str | None = Field(None, max_length=200, description="Echoed in the webhook call.")
+    webhook: str | None = Field(
+        None, max_length=2048, description="Async tasks: http(s) URL POSTed the final envelope, signed (Standard Webhooks)."
+    )
+    track_id: str | None = Field(None, max_length=200, description="Echoed as `track_id` in the webhook call.")
 
 
 class TextToImageRequest(GenerationRequest):

@@ -97,8 +97,8 @@ def test_validation_errors_name_field_and_range(client):
     assert r.status_code == 422 and "ap-sd15-txt2img" in r.json()["error_data"]
     r = client.post("/getTextToImage", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "ValidationError"
-    r = client.post("/getTextToImage", json={"app_id": "ap-sd15-txt2img", "celery": True})
-    assert r.status_code == 422 and "celery" in r.json()["error_data"]
+    r = client.post("/getTextToImage", json={"app_id": "ap-sd15-txt2img", "webhook": "https://example.com/h"})
+    assert r.status_code == 422 and "celery: true" in r.json()["error_data"]
 
 
 def test_image_to_image_keeps_input_size(client, image_server):

@@ -36,8 +36,11 @@ def test_build_app_binds_the_ingress_with_every_handle(tmp_path, monkeypatch):
     d = app._bound_deployment
     assert d.name == "ingress"
     assert d.max_ongoing_requests == 64 and d.max_queued_requests == 256
-    config, handles = d.init_args
+    config, handles, coordinator = d.init_args
     assert set(handles) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
+    tasks = coordinator._bound_deployment
+    assert tasks.name == "tasks" and tasks.num_replicas == 1
+    assert set(tasks.init_args[1]) == set(handles)
     assert config["apps"][0]["app_id"] == "ap-sd15-txt2img"
 
 

@@ -87,7 +87,7 @@ def test_app_tightens_limits(registry):
 @pytest.mark.parametrize(
     "field,value",
     [("lora_model", "contrast-fix"), ("vae", "ema"), ("tomesd", "yes"), ("safety_checker", True),
-     ("webhook", "https://example.com/hook"), ("celery", True)],
+     ("webhook", "https://example.com/hook"), ("reference_id", "r-1")],
 )
 def test_options_the_app_cannot_honour_are_422(registry, field, value):
     with pytest.raises(ValidationFailed, match=f"{field}:"):
@@ -96,6 +96,7 @@ def test_options_the_app_cannot_honour_are_422(registry, field, value):
 
 def test_options_turned_off_are_fine(registry):
     check_for_app("getTextToImage", t2i(tomesd="no", safety_checker="no", celery=False), registry)
+    check_for_app("getTextToImage", t2i(celery=True, webhook="https://example.com/h", reference_id="r"), registry)
 
 
 def test_image_routes_need_their_inputs(registry):

@@ -1,0 +1,129 @@
+"""Async tasks at the ingress: submit (``celery: true``), status, cancel.
+
+The ingress writes the task to the object store and returns at once; the
+coordinator (``ingress.coordinator``) dispatches it. Status reads go to the
+object store only, so they answer while the queue or a worker is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+from ingress.errors import NotFound, ValidationFailed
+from ingress.registry import AppConfig
+from ingress.schemas.envelope import Envelope, ImageMeta
+from ingress.schemas.generation import GenerationRequest
+from storage.base import ObjectStore
+from storage.tasks import TaskRecord, TaskStore
+
+Kick = Callable[[str, str], Awaitable[None]]
+
+
+def body_digest(body: dict[str, Any]) -> str:
+    """A stable hash of a request body (key order does not matter)."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def task_envelope(record: TaskRecord, store: ObjectStore, url_expiry: int) -> Envelope:
+    """The contract's envelope for a task, with fresh expiring URLs when it succeeded."""
+    env = Envelope(
+        input=record.input,
+        app_id=record.app_id,
+        task_id=record.task_id,
+        status=record.status,
+        reference_id=record.reference_id,
+        track_id=record.track_id,
+        error=record.error,
+        error_data=record.error_data,
+        progress=record.progress,
+    )
+    if record.finished_at is not None:
+        env.time_required = round(record.finished_at - record.created_at, 4)
+    if record.status == "SUCCESS":
+        env.output = [store.url(key, url_expiry) for key in record.output_keys]
+        env.meta = ImageMeta(
+            seeds=record.seeds, width=record.width or 0, height=record.height or 0,
+            expires_at=time.time() + url_expiry,
+        )
+    return env
+
+
+class TaskService:
+    """What the task routes do; blocking store calls run in threads."""
+
+    def __init__(self, tasks: TaskStore, url_expiry: int, max_attempts: int, retention_seconds: int, kick: Kick):
+        self.tasks = tasks
+        self.url_expiry = url_expiry
+        self.max_attempts = max_attempts
+        self.retention_seconds = retention_seconds
+        self.kick = kick
+        self._kicks: set[asyncio.Task] = set()
+
+    async def submit(
+        self, route: str, app: AppConfig, gpu: str, req: GenerationRequest, body: dict[str, Any], echo: dict,
+        tenant: str, idempotency_key: str | None,
+    ) -> Envelope:
+        task_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            digest = body_digest(body)
+            bound = await asyncio.to_thread(self.tasks.claim_idempotency_key, tenant, idempotency_key, digest, task_id)
+            if bound is not None:
+                if bound["body_sha256"] != digest:
+                    raise ValidationFailed(
+                        "Idempotency-Key: already used with a different request body; use a new key"
+                    )
+                existing = await asyncio.to_thread(self.tasks.get, tenant, bound["task_id"])
+                if existing is not None:
+                    return await asyncio.to_thread(task_envelope, existing, self.tasks.store, self.url_expiry)
+                task_id = bound["task_id"]  # the first submit died before writing its record: finish it
+        now = time.time()
+        record = TaskRecord(
+            task_id=task_id, tenant=tenant, app_id=app.app_id, route=route, family=app.family, gpu=gpu,
+            reference_id=req.reference_id, input=echo, max_attempts=self.max_attempts,
+            webhook=bool(req.webhook), track_id=req.track_id, created_at=now, expires_at=now + self.retention_seconds,
+        )
+        await asyncio.to_thread(self.tasks.create, record, body)
+        kick = asyncio.create_task(self.kick(tenant, task_id))
+        self._kicks.add(kick)
+        kick.add_done_callback(self._kicks.discard)
+        return task_envelope(record, self.tasks.store, self.url_expiry)
+
+    async def _record(self, tenant: str, task_id: str | None, reference_id: str | None = None) -> TaskRecord:
+        if task_id is None and reference_id is not None:
+            task_id = await asyncio.to_thread(self.tasks.find_by_reference, tenant, reference_id)
+        record = None
+        if task_id is not None and _plausible_id(task_id):
+            record = await asyncio.to_thread(self.tasks.get, tenant, task_id)
+        if record is None:
+            raise NotFound("no such task")
+        return record
+
+    async def status(self, tenant: str, task_id: str | None, reference_id: str | None = None) -> Envelope:
+        record = await self._record(tenant, task_id, reference_id)
+        return await asyncio.to_thread(task_envelope, record, self.tasks.store, self.url_expiry)
+
+    async def cancel(self, tenant: str, task_id: str) -> Envelope:
+        """PENDING → REVOKED now; STARTED → flagged, the worker stops at its next step."""
+        await self._record(tenant, task_id)
+
+        def change(r: TaskRecord):
+            if r.terminal:
+                return False
+            r.cancel_requested = True
+            if r.status == "PENDING":
+                r.move("REVOKED", "cancelled before it started")
+            return None
+
+        record = await asyncio.to_thread(self.tasks.update, tenant, task_id, change)
+        if record is not None and record.status == "REVOKED":
+            await asyncio.to_thread(self.tasks.settle, record)
+        return await asyncio.to_thread(task_envelope, record, self.tasks.store, self.url_expiry)
+
+
+def _plausible_id(task_id: str) -> bool:
+    return task_id.isalnum() and len(task_id) <= 64
