@@ -3,8 +3,10 @@ tiny models, the emulated GPU types, the local object store, real HTTP."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +19,7 @@ from PIL import Image
 from tests.support.service import ROOT, LocalService
 
 KEY_A, KEY_B = "sk-test-tenant-a", "sk-test-tenant-b"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
 def e2e_config(tmp: Path) -> Path:
@@ -38,7 +41,13 @@ def service(tmp_path_factory):
         tmp,
         e2e_config(tmp),
         keys={KEY_A: "tenant-a", KEY_B: "tenant-b"},
-        env={"STUDIO_ALLOW_LOOPBACK_INPUTS": "true", "STUDIO_RETRY_AFTER_SECONDS": "3"},
+        env={
+            "STUDIO_ALLOW_LOOPBACK_INPUTS": "true",
+            "STUDIO_RETRY_AFTER_SECONDS": "3",
+            "STUDIO_WEBHOOK_SECRETS": json.dumps({"tenant-a": WEBHOOK_SECRET}),
+            "STUDIO_WEBHOOK_MAX_ATTEMPTS": "3",
+            "STUDIO_WEBHOOK_BASE_DELAY_SECONDS": "0.2",
+        },
     )
     svc.start()
     yield svc
