@@ -99,6 +99,22 @@ class LocalService:
         self.proc = None
 
 
+def replica_pids(service: "LocalService", deployment: str) -> list[int]:
+    """PIDs of the Serve replicas of ``deployment`` that this service started
+    (Ray titles them ``ray::ServeReplica:<app>:<deployment>[.<method>]``)."""
+    assert service.proc is not None
+    title = f"ray::ServeReplica:studio:{deployment}"
+    found = []
+    for pid in session_members(service.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline.strip() == title or cmdline.startswith(title + "."):  # ".method" while it runs one
+            found.append(pid)
+    return found
+
+
 def session_members(sid: int) -> list[int]:
     """PIDs whose session id is ``sid`` (Linux /proc)."""
     members = []

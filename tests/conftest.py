@@ -1,4 +1,4 @@
-"""Fixtures for the storage tests."""
+"""Fixtures shared across the test tree."""
 
 from __future__ import annotations
 

@@ -1,0 +1,170 @@
+"""Async tasks survive the loss of any one process.
+
+A cluster of its own on the real S3 store (SeaweedFS). Tasks are submitted in
+batches while a worker replica, the ingress replica, the coordinator, or the
+whole app (a redeploy) goes away; every task must end in SUCCESS, or in FAILURE
+with a reason, before its deadline, and every output must download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import KEY_A, e2e_config
+from tests.support.service import LocalService, replica_pids
+
+pytestmark = pytest.mark.e2e
+
+JOB = {"app_id": "ap-sd15-txt2img", "height": 512, "width": 512, "num_inference_steps": 30, "celery": True}
+DEADLINE = 240
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, seaweed_s3):
+    tmp = tmp_path_factory.mktemp("failures")
+    s3 = seaweed_s3.storage_settings()
+    env = {
+        "STUDIO_STORAGE_BACKEND": "s3",
+        "STUDIO_STORAGE_S3_ENDPOINT_URL": s3.s3_endpoint_url,
+        "STUDIO_STORAGE_S3_BUCKET": s3.s3_bucket,
+        "STUDIO_STORAGE_S3_REGION": s3.s3_region,
+        "STUDIO_STORAGE_S3_ACCESS_KEY_ID": seaweed_s3.access_key,
+        "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": seaweed_s3.secret_key,
+        "STUDIO_STORAGE_S3_CREATE_BUCKET": "true",
+        "STUDIO_TASK_LEASE_SECONDS": "6",
+        "STUDIO_TASK_MAX_ATTEMPTS": "3",
+    }
+    svc = LocalService(tmp, e2e_config(tmp), keys={KEY_A: "tenant-a"}, env=env).start()
+    yield svc
+    svc.stop()
+
+
+def _call(method, url, **kw):
+    """Retry through the seconds in which a killed ingress or proxy is coming back."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = httpx.request(method, url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=30, **kw)
+            if r.status_code not in (502, 503, 504) or time.monotonic() > deadline:
+                return r
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
+def submit(cluster, n, **extra):
+    ids = []
+    for _ in range(n):
+        r = _call("POST", f"{cluster.api}/getTextToImage", json={**JOB, **extra})
+        assert r.status_code == 200 and r.json()["status"] == "PENDING", r.text
+        ids.append(r.json()["task_id"])
+    return ids
+
+
+def status(cluster, task_id):
+    return _call("GET", f"{cluster.api}/status/{task_id}").json()
+
+
+def wait_started(cluster, task_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        env = status(cluster, task_id)
+        if env["status"] == "STARTED" and env["progress"] > 0:
+            return env
+        time.sleep(0.1)
+    raise AssertionError(f"{task_id} never started: {env}")
+
+
+def settle_all(cluster, ids):
+    """Every task ends SUCCESS (outputs download) or FAILURE with a reason, none stays open."""
+    deadline = time.monotonic() + DEADLINE
+    final = {}
+    while len(final) < len(ids) and time.monotonic() < deadline:
+        for task_id in ids:
+            if task_id not in final:
+                env = status(cluster, task_id)
+                if env["status"] in ("SUCCESS", "FAILURE", "REVOKED"):
+                    final[task_id] = env
+        time.sleep(0.5)
+    stuck = [t for t in ids if t not in final]
+    assert not stuck, f"still open after {DEADLINE}s: {[status(cluster, t)['status'] for t in stuck]}"
+    for env in final.values():
+        if env["status"] == "SUCCESS":
+            for url in env["output"]:
+                assert httpx.get(url, timeout=30).status_code == 200
+        else:
+            assert env["status"] == "FAILURE" and env["error"] and env["error_data"], env
+    return final
+
+
+def history(cluster, seaweed_s3, task_id):
+    bucket = cluster.extra_env["STUDIO_STORAGE_S3_BUCKET"]
+    raw = seaweed_s3.client().get_object(Bucket=bucket, Key=f"tenants/tenant-a/tasks/{task_id}/record.json")
+    return json.loads(raw["Body"].read())
+
+
+def kill(pids):
+    assert pids, "no such replica"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_killed_mid_task(cluster, seaweed_s3):
+    ids = submit(cluster, 4)
+    victim = wait_started(cluster, ids[0])
+    kill(replica_pids(cluster, "sd15-a10g"))
+    final = settle_all(cluster, ids)
+    assert all(env["status"] == "SUCCESS" for env in final.values()), final
+    record = history(cluster, seaweed_s3, victim["task_id"])
+    assert record["attempts"] == 2, record["history"]
+    assert any("lost" in (h["note"] or "") for h in record["history"]), record["history"]
+
+
+def test_ingress_killed_right_after_submit(cluster):
+    ids = submit(cluster, 4)
+    kill(replica_pids(cluster, "ingress"))
+    final = settle_all(cluster, ids)
+    assert all(env["status"] == "SUCCESS" for env in final.values()), final
+
+
+def test_coordinator_killed_mid_run(cluster):
+    ids = submit(cluster, 4)
+    wait_started(cluster, ids[0])
+    kill(replica_pids(cluster, "tasks"))
+    final = settle_all(cluster, ids)
+    assert all(env["status"] == "SUCCESS" for env in final.values()), final
+
+
+def test_redeploy_mid_run(cluster):
+    ids = submit(cluster, 4)
+    wait_started(cluster, ids[0])
+    os.kill(cluster.proc.pid, signal.SIGHUP)  # the launcher redeploys the app: every replica is replaced
+    final = settle_all(cluster, ids)
+    assert "REDEPLOYED" in "\n".join(cluster.log)
+    assert all(env["status"] in ("SUCCESS", "FAILURE") for env in final.values())
+    assert sum(env["status"] == "SUCCESS" for env in final.values()) >= 3, final
+
+
+def test_task_that_keeps_killing_its_worker_is_quarantined(cluster, seaweed_s3):
+    (task_id,) = submit(cluster, 1, inference_type="a100")
+    for attempt in (1, 2, 3):  # max_attempts: each attempt's worker dies while running it
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            record = history(cluster, seaweed_s3, task_id)
+            if record["attempts"] == attempt and record["status"] == "STARTED" and record["progress"] > 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"attempt {attempt} never ran: {record}")
+        kill(replica_pids(cluster, "sd15-a100"))
+    final = settle_all(cluster, [task_id])[task_id]
+    assert final["status"] == "FAILURE" and final["error"] == "WorkerLost", final
+    assert "3 attempts" in final["error_data"]
+    assert history(cluster, seaweed_s3, task_id)["attempts"] == 3
