@@ -10,18 +10,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
-import uuid
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 from ingress.errors import NotFound, ValidationFailed
-from ingress.registry import AppConfig
+from ingress.registry import AppConfig, deployment_name
 from ingress.schemas.envelope import Envelope, ImageMeta
 from ingress.schemas.generation import GenerationRequest
 from storage.base import ObjectStore
-from storage.tasks import TaskRecord, TaskStore
+from storage.tasks import TaskRecord, TaskStore, new_task_id
 
-Kick = Callable[[str, str], Awaitable[None]]
+Kick = Callable[[str, str, str], Awaitable[None]]  # (tenant, task_id, deployment)
 
 
 def body_digest(body: dict[str, Any]) -> str:
@@ -63,12 +64,17 @@ class TaskService:
         self.retention_seconds = retention_seconds
         self.kick = kick
         self._kicks: set[asyncio.Task] = set()
+        # Finished tasks never change: their envelopes (with URLs) are reused
+        # while the URLs keep at least half their lifetime.
+        self._finished: OrderedDict[tuple[str, str], tuple[float, Envelope]] = OrderedDict()
+        self._finished_max = 10_000
+        self._finished_lock = threading.Lock()
 
     async def submit(
         self, route: str, app: AppConfig, gpu: str, req: GenerationRequest, body: dict[str, Any], echo: dict,
         tenant: str, idempotency_key: str | None,
     ) -> Envelope:
-        task_id = uuid.uuid4().hex
+        task_id = new_task_id()
         if idempotency_key is not None:
             digest = body_digest(body)
             bound = await asyncio.to_thread(self.tasks.claim_idempotency_key, tenant, idempotency_key, digest, task_id)
@@ -88,28 +94,42 @@ class TaskService:
             webhook=bool(req.webhook), track_id=req.track_id, created_at=now, expires_at=now + self.retention_seconds,
         )
         await asyncio.to_thread(self.tasks.create, record, body)
-        kick = asyncio.create_task(self.kick(tenant, task_id))
+        kick = asyncio.create_task(self.kick(tenant, task_id, deployment_name(app.family, gpu)))
         self._kicks.add(kick)
         kick.add_done_callback(self._kicks.discard)
         return task_envelope(record, self.tasks.store, self.url_expiry)
 
-    async def _record(self, tenant: str, task_id: str | None, reference_id: str | None = None) -> TaskRecord:
+    def _lookup(self, tenant: str, task_id: str | None, reference_id: str | None) -> TaskRecord:
         if task_id is None and reference_id is not None:
-            task_id = await asyncio.to_thread(self.tasks.find_by_reference, tenant, reference_id)
+            task_id = self.tasks.find_by_reference(tenant, reference_id)
         record = None
         if task_id is not None and _plausible_id(task_id):
-            record = await asyncio.to_thread(self.tasks.get, tenant, task_id)
+            record = self.tasks.get(tenant, task_id)
         if record is None:
             raise NotFound("no such task")
         return record
 
+    def _status(self, tenant: str, task_id: str | None, reference_id: str | None) -> Envelope:
+        now = time.time()
+        if task_id is not None:
+            cached = self._finished.get((tenant, task_id))
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        record = self._lookup(tenant, task_id, reference_id)
+        env = task_envelope(record, self.tasks.store, self.url_expiry)
+        if record.terminal:
+            with self._finished_lock:
+                self._finished[(tenant, record.task_id)] = (now + self.url_expiry / 2, env)
+                if len(self._finished) > self._finished_max:
+                    self._finished.popitem(last=False)
+        return env
+
     async def status(self, tenant: str, task_id: str | None, reference_id: str | None = None) -> Envelope:
-        record = await self._record(tenant, task_id, reference_id)
-        return await asyncio.to_thread(task_envelope, record, self.tasks.store, self.url_expiry)
+        return await asyncio.to_thread(self._status, tenant, task_id, reference_id)
 
     async def cancel(self, tenant: str, task_id: str) -> Envelope:
         """PENDING → REVOKED now; STARTED → flagged, the worker stops at its next step."""
-        await self._record(tenant, task_id)
+        await asyncio.to_thread(self._lookup, tenant, task_id, None)
 
         def change(r: TaskRecord):
             if r.terminal:

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 REQUEST_MODELS = {"getTextToImage": TextToImageRequest, "getImageToImage": ImageToImageRequest}
 DISPATCH_LEASE_SECONDS = 60.0  # time a dispatched task may wait before a worker claims it
 ORPHAN_MARKER_SECONDS = 60.0
+DISPATCH_WINDOW = 32  # attempts in flight per deployment; Serve's own queue bounds beyond that
 RETENTION_SWEEP_SECONDS = 600.0
 
 
@@ -64,6 +65,9 @@ class TaskCoordinator:
             max_bytes=s.fetch_max_bytes, timeout_seconds=s.fetch_timeout_seconds, allow_loopback=s.allow_loopback_inputs
         )
         self.inflight: dict[str, asyncio.Task] = {}
+        # A deployment that answered "full" gets no new attempts until this time.
+        self._full_until: dict[str, float] = {}
+        self._inflight_deployment: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._last_sweep = 0.0
         self._start_loop = start_loop
@@ -75,10 +79,11 @@ class TaskCoordinator:
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
     # -- public methods (called through the handle) -------------------------
-    async def kick(self, tenant: str, task_id: str) -> None:
+    async def kick(self, tenant: str, task_id: str, deployment: str) -> None:
         """A new task was written: dispatch it now rather than at the next poll."""
         self._ensure_loop()
-        self._start(tenant, task_id)
+        if self._has_room(deployment):
+            self._start(tenant, task_id, deployment)
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds; it also (re)starts the scan loop."""
@@ -99,34 +104,44 @@ class TaskCoordinator:
 
     async def tick(self) -> None:
         """One scan: unfinished tasks, then the webhook outbox, then (rarely) retention."""
-        markers = await asyncio.to_thread(self.tasks.queued)
-        for info, marker in markers:
-            tenant, task_id = marker.get("tenant"), marker.get("task_id")
-            if not tenant or not task_id:
+        for info, (task_id, tenant, deployment) in await asyncio.to_thread(self.tasks.queued):
+            if task_id in self.inflight or not self._has_room(deployment):
                 continue
-            if task_id not in self.inflight:
-                self._start(tenant, task_id, marker_age=time.time() - info.last_modified)
+            self._start(tenant, task_id, deployment, marker_age=time.time() - info.last_modified)
         await self._deliver_webhooks()
         if time.time() - self._last_sweep > RETENTION_SWEEP_SECONDS:
             self._last_sweep = time.time()
             await asyncio.to_thread(self.sweep_expired)
 
-    def _start(self, tenant: str, task_id: str, marker_age: float = 0.0) -> None:
+    def _has_room(self, deployment: str) -> bool:
+        """Whether ``deployment`` may get another attempt now: it did not just answer
+        "full", and fewer than ``DISPATCH_WINDOW`` of its attempts are in flight."""
+        if self._full_until.get(deployment, 0) > time.time():
+            return False
+        return sum(1 for d in self._inflight_deployment.values() if d == deployment) < DISPATCH_WINDOW
+
+    def _start(self, tenant: str, task_id: str, deployment: str, marker_age: float = 0.0) -> None:
         if task_id in self.inflight:
             return
-        task = asyncio.create_task(self._drive(tenant, task_id, marker_age))
+        task = asyncio.create_task(self._drive(tenant, task_id, deployment, marker_age))
         self.inflight[task_id] = task
-        task.add_done_callback(lambda _: self.inflight.pop(task_id, None))
+        self._inflight_deployment[task_id] = deployment
+
+        def done(_):
+            self.inflight.pop(task_id, None)
+            self._inflight_deployment.pop(task_id, None)
+
+        task.add_done_callback(done)
 
     # -- one task -----------------------------------------------------------
-    async def _drive(self, tenant: str, task_id: str, marker_age: float) -> None:
+    async def _drive(self, tenant: str, task_id: str, deployment: str, marker_age: float) -> None:
         """Dispatch ``task_id`` if it needs it, await the worker, retry while it dies."""
         try:
             while True:
                 attempt, record = await asyncio.to_thread(self._take_attempt, tenant, task_id)
                 if record is None:
                     if marker_age > ORPHAN_MARKER_SECONDS:  # the submit died before writing its record
-                        await asyncio.to_thread(self.store.delete, queue_key(task_id))
+                        await asyncio.to_thread(self.store.delete, queue_key(task_id, tenant, deployment))
                         await asyncio.to_thread(self.store.delete, request_key(tenant, task_id))
                     return
                 if record.terminal:
@@ -184,6 +199,11 @@ class TaskCoordinator:
             log.info("task %s attempt %d: %s", task_id, attempt, outcome)
             return False
         except (BackPressureError, DeploymentUnavailableError):
+            # Full: leave the task PENDING in the store and stop offering this
+            # deployment work until the next scan (bounded work per scan).
+            self._full_until[deployment_name(record.family, record.gpu)] = (
+                time.time() + self.settings.coordinator_poll_seconds * 0.9
+            )
             await asyncio.to_thread(self._give_back, tenant, task_id, attempt)
             return False
         except (ray_errors.ActorDiedError, ray_errors.ActorUnavailableError, ray_errors.RayActorError,

@@ -28,9 +28,9 @@ class StudioIngress:
         tasks = None
         if coordinator is not None:
 
-            async def kick(tenant: str, task_id: str) -> None:
+            async def kick(tenant: str, task_id: str, deployment: str) -> None:
                 try:
-                    await coordinator.kick.remote(tenant, task_id)
+                    await coordinator.kick.remote(tenant, task_id, deployment)
                 except Exception:  # the coordinator's next scan finds the task anyway
                     log.warning("could not kick the coordinator for %s", task_id, exc_info=True)
 

@@ -53,6 +53,19 @@ def dev_keys(data_dir: Path) -> tuple[Path, str]:
     return path, key
 
 
+def dev_webhook_secret(data_dir: Path) -> Path:
+    """Create (once) a webhook signing secret for tenant ``dev``; return its file."""
+    from ingress.webhooks import new_secret
+
+    path = data_dir / "dev-webhook-secrets.json"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"dev": new_secret()}, f)
+    return path
+
+
 def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: Path) -> dict[str, str]:
     """Environment of every replica: the config's runtime_env plus local defaults.
 
@@ -70,6 +83,8 @@ def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: P
     env.update({k: v for k, v in os.environ.items() if k.startswith(("STUDIO_", "RAY_SERVE_"))})
     if "STUDIO_API_KEYS" not in env and "STUDIO_API_KEYS_FILE" not in env:
         env["STUDIO_API_KEYS_FILE"] = str(dev_keys(data_dir)[0])
+    if "STUDIO_WEBHOOK_SECRETS" not in env and "STUDIO_WEBHOOK_SECRETS_FILE" not in env:
+        env["STUDIO_WEBHOOK_SECRETS_FILE"] = str(dev_webhook_secret(data_dir))
     return env
 
 
@@ -79,6 +94,9 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     from ray import serve
 
     app = load_app_config(config_path, name)
+    # Ray Serve's throughput mode (bench/overhead.py: half the added latency).
+    # Proxy- and controller-level settings must be in the environment that starts Ray.
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     env = service_env(app, port=port, models_dir=models_dir, data_dir=data_dir)
     os.environ.update(env)
     if tiny:
@@ -136,6 +154,9 @@ def print_ready(port: int, env: dict[str, str]) -> None:
     print(f"READY {base}", flush=True)
     print("Studio API is up (tiny random-weight models: images are noise).")
     print(f"API key (tenant dev): {key}")
+    secrets_file = env.get("STUDIO_WEBHOOK_SECRETS_FILE")
+    if secrets_file and Path(secrets_file).exists():
+        print(f"Webhook signing secret (tenant dev): {json.loads(Path(secrets_file).read_text()).get('dev')}")
     print(f"OpenAPI docs: http://127.0.0.1:{port}/docs")
     print("Try:")
     print(

@@ -198,6 +198,9 @@ class ServiceConfig(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> "ServiceConfig":
+        for name in self.families:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"family name {name!r}: use letters, digits, '-' and '_' only")
         seen: set[str] = set()
         for app in self.apps:
             if app.app_id in seen:

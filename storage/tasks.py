@@ -9,8 +9,9 @@ Layout (every key but the queue and outbox is under the tenant):
   when the task ends.
 * ``tenants/<t>/refs/<sha256(reference_id)>.json`` and
   ``tenants/<t>/idempotency/<sha256(key)>.json`` — lookups to a task id.
-* ``queue/<id>.json`` — one small marker per unfinished task: what the
-  coordinator scans, so its work is bounded by live tasks, not history.
+* ``queue/<id>.<tenant>.<deployment>`` — one empty marker per unfinished task,
+  everything the coordinator needs in its key, so a scan is one listing, and
+  its work is bounded by live tasks, not history.
 * ``outbox/<id>.json`` — a webhook still to deliver.
 
 Every change to a record is a compare-and-swap (:meth:`TaskStore.update`), so
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from typing import Any, Callable, Literal
 
@@ -36,6 +38,11 @@ Status = Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED"]
 TERMINAL: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 QUEUE_PREFIX = "queue/"
 OUTBOX_PREFIX = "outbox/"
+
+
+def new_task_id() -> str:
+    """32 hex characters that sort in creation order (so the queue is served FIFO)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(8)}"
 
 
 def _digest(text: str) -> str:
@@ -58,8 +65,14 @@ def idempotency_key(tenant: str, key: str) -> str:
     return f"tenants/{tenant}/idempotency/{_digest(key)}.json"
 
 
-def queue_key(task_id: str) -> str:
-    return f"{QUEUE_PREFIX}{task_id}.json"
+def queue_key(task_id: str, tenant: str, deployment: str) -> str:
+    return f"{QUEUE_PREFIX}{task_id}.{tenant}.{deployment}"
+
+
+def parse_queue_key(key: str) -> tuple[str, str, str] | None:
+    """``(task_id, tenant, deployment)`` of a queue marker key (None if malformed)."""
+    parts = key.removeprefix(QUEUE_PREFIX).split(".")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
 
 
 def outbox_key(task_id: str) -> str:
@@ -109,6 +122,11 @@ class TaskRecord(BaseModel):
     expires_at: float | None = None
 
     @property
+    def deployment(self) -> str:
+        """The family deployment that runs it, ``<family>-<gpu>``."""
+        return f"{self.family}-{self.gpu}"
+
+    @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
@@ -144,7 +162,7 @@ class TaskStore:
         record, left by a crash, is swept by the coordinator)."""
         t, tid = record.tenant, record.task_id
         self.store.put(request_key(t, tid), json.dumps(request).encode(), "application/json")
-        self.store.put(queue_key(tid), json.dumps({"tenant": t, "task_id": tid}).encode(), "application/json")
+        self.store.put(queue_key(tid, t, record.deployment), b"", "application/octet-stream")
         record.move("PENDING", "submitted", record.created_at)
         self.store.put_if(record_key(t, tid), record.model_dump_json().encode(), if_absent=True)
         if record.reference_id:
@@ -178,15 +196,14 @@ class TaskStore:
         except (ObjectNotFound, ValueError, KeyError):
             return None
 
-    def queued(self) -> list[tuple[ObjectInfo, dict[str, Any]]]:
-        """Markers of unfinished tasks: ``(info, {"tenant", "task_id"})``."""
+    def queued(self) -> list[tuple[ObjectInfo, tuple[str, str, str]]]:
+        """Markers of unfinished tasks, oldest first: ``(info, (task_id, tenant, deployment))``."""
         found = []
         for info in self.store.list(QUEUE_PREFIX):
-            try:
-                found.append((info, json.loads(self.store.get(info.key))))
-            except (ObjectNotFound, ValueError):
-                continue
-        return found
+            parsed = parse_queue_key(info.key)
+            if parsed is not None:
+                found.append((info, parsed))
+        return sorted(found, key=lambda item: item[0].key)
 
     # -- updates ----------------------------------------------------------
     def update(
@@ -222,5 +239,5 @@ class TaskStore:
                 self.store.put_if(outbox_key(record.task_id), json.dumps(entry).encode(), if_absent=True)
             except PreconditionFailed:
                 pass
-        self.store.delete(queue_key(record.task_id))
+        self.store.delete(queue_key(record.task_id, record.tenant, record.deployment))
         self.store.delete(request_key(record.tenant, record.task_id))
