@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.overhead import Conn, drive, log  # noqa: E402
+from bench.overhead import log, raw_load  # noqa: E402
 from storage.factory import open_store  # noqa: E402
 from storage.settings import StorageSettings  # noqa: E402
 from storage.tasks import parse_queue_key  # noqa: E402
@@ -65,22 +65,7 @@ def raw_request(port: int, method: str, path: str, body: dict | None = None) -> 
 
 
 async def load(port: int, request: bytes, requests: int, concurrency: int) -> dict[str, Any]:
-    conns = asyncio.Queue()
-    for _ in range(concurrency):
-        conns.put_nowait(Conn("127.0.0.1", port, request))
-
-    async def call() -> bool:
-        conn = await conns.get()
-        try:
-            return await conn.call()
-        finally:
-            conns.put_nowait(conn)
-
-    try:
-        return await drive(call, requests, concurrency, warmup=max(20, concurrency))
-    finally:
-        while not conns.empty():
-            conns.get_nowait().close()
+    return await raw_load(port, request, requests, concurrency, warmup=max(20, concurrency))
 
 
 def finished_task(svc: LocalService) -> str:
@@ -177,14 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if "s3" in opts.stores:
         with SeaweedS3() as s3:
             settings = s3.storage_settings()
-            env = {
-                "STUDIO_STORAGE_BACKEND": "s3",
-                "STUDIO_STORAGE_S3_ENDPOINT_URL": s3.endpoint_url,
-                "STUDIO_STORAGE_S3_BUCKET": settings.s3_bucket,
-                "STUDIO_STORAGE_S3_ACCESS_KEY_ID": s3.access_key,
-                "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": s3.secret_key,
-                "STUDIO_STORAGE_S3_CREATE_BUCKET": "true",
-            }
+            env = s3.service_env(settings)
             results["s3"] = measure("s3", env, settings.model_copy(update={"s3_create_bucket": False}), opts)
     report(results, opts)
     if opts.out:

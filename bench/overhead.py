@@ -199,7 +199,11 @@ def http_request(port: int) -> bytes:
 
 
 async def http_load(port: int, requests: int, concurrency: int, warmup: int) -> dict[str, Any]:
-    request = http_request(port)
+    return await raw_load(port, http_request(port), requests, concurrency, warmup)
+
+
+async def raw_load(port: int, request: bytes, requests: int, concurrency: int, warmup: int) -> dict[str, Any]:
+    """Send the raw HTTP/1.1 ``request`` over ``concurrency`` keep-alive connections."""
     conns = [Conn("127.0.0.1", port, request) for _ in range(concurrency)]
     free = asyncio.Queue()
     for c in conns:

@@ -190,7 +190,11 @@ def build_sd15(sample_size: int = 8):
 def build_sdxl(sample_size: int = 16):
     """A random-weight ``StableDiffusionXLPipeline`` (default size sample_size*8)."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = make_tokenizer()

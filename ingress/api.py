@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from deployments.types import ImageResult
 from ingress.async_tasks import TaskService
@@ -24,14 +24,19 @@ from ingress.auth import KeyRing
 from ingress.dispatch import Dispatcher
 from ingress.envelopes import envelope_response, install_handlers
 from ingress.errors import NotFound, ValidationFailed
-from ingress.inputs import FetchLimits, check_url
+from ingress.inputs import FetchLimits
 from ingress.jobs import build_job, redact
 from ingress.registry import Registry
 from ingress.schemas.envelope import Envelope, ImageMeta
-from ingress.schemas.generation import GenerationRequest, ImageToImageRequest, TextToImageRequest
+from ingress.schemas.generation import (
+    GenerationRequest,
+    ImageToImageRequest,
+    TextToImageRequest,
+)
 from ingress.schemas.tasks import CancelRequest, StatusRequest
 from ingress.settings import IngressSettings
 from ingress.validation import check_for_app, parse
+from ingress.webhooks import check_webhook_url
 from storage.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -108,7 +113,7 @@ def create_api(studio: Studio) -> FastAPI:
         if studio.tasks is None:
             raise ValidationFailed("celery: async tasks are not enabled on this deployment; send celery: false")
         if req.webhook:
-            check_url(req.webhook, "webhook", limits)
+            check_webhook_url(req.webhook, limits)
             if studio.settings.webhook_secret(tenant) is None:
                 raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
         key = request.headers.get("idempotency-key")

@@ -38,7 +38,14 @@ from ingress.validation import parse
 from storage.base import ObjectNotFound, ObjectStore, PreconditionFailed
 from storage.factory import open_store
 from storage.settings import StorageSettings
-from storage.tasks import OUTBOX_PREFIX, TaskRecord, TaskStore, dead_letter_key, queue_key, request_key
+from storage.tasks import (
+    OUTBOX_PREFIX,
+    TaskRecord,
+    TaskStore,
+    dead_letter_key,
+    queue_key,
+    request_key,
+)
 
 log = logging.getLogger(__name__)
 

@@ -98,17 +98,7 @@ class S3ObjectStore:
 
     def get(self, key: str) -> bytes:
         """Return the bytes under ``key``; raise ``ObjectNotFound`` if absent."""
-        from botocore.exceptions import ClientError
-
-        validate_key(key)
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES:
-                raise ObjectNotFound(key) from None
-            raise
-        with response["Body"] as body:
-            return body.read()
+        return self.get_versioned(key)[0]
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """The bytes under ``key`` and their ETag (quotes stripped)."""

@@ -3,7 +3,11 @@ from __future__ import annotations
 import pytest
 
 from deployments.errors import InvalidJobError
-from deployments.schedulers import SCHEDULER_NAMES, build_scheduler, usable_scheduler_names
+from deployments.schedulers import (
+    SCHEDULER_NAMES,
+    build_scheduler,
+    usable_scheduler_names,
+)
 
 ALWAYS_REFUSED = {"DDIMInverseScheduler", "IPNDMScheduler", "KarrasVeScheduler", "ScoreSdeVeScheduler"}
 

@@ -28,15 +28,8 @@ DEADLINE = 240
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, seaweed_s3):
     tmp = tmp_path_factory.mktemp("failures")
-    s3 = seaweed_s3.storage_settings()
     env = {
-        "STUDIO_STORAGE_BACKEND": "s3",
-        "STUDIO_STORAGE_S3_ENDPOINT_URL": s3.s3_endpoint_url,
-        "STUDIO_STORAGE_S3_BUCKET": s3.s3_bucket,
-        "STUDIO_STORAGE_S3_REGION": s3.s3_region,
-        "STUDIO_STORAGE_S3_ACCESS_KEY_ID": seaweed_s3.access_key,
-        "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": seaweed_s3.secret_key,
-        "STUDIO_STORAGE_S3_CREATE_BUCKET": "true",
+        **seaweed_s3.service_env(seaweed_s3.storage_settings()),
         "STUDIO_TASK_LEASE_SECONDS": "6",
         "STUDIO_TASK_MAX_ATTEMPTS": "3",
     }

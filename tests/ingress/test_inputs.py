@@ -31,7 +31,13 @@ from PIL import Image
 
 from ingress import inputs
 from ingress.errors import InputFetchError
-from ingress.inputs import FetchLimits, check_url, fit_image, is_forbidden_address, load_image
+from ingress.inputs import (
+    FetchLimits,
+    check_url,
+    fit_image,
+    is_forbidden_address,
+    load_image,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

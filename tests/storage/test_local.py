@@ -14,7 +14,12 @@ import pytest
 
 from storage.base import ObjectNotFound, ObjectStore
 from storage.factory import open_store
-from storage.local import FILES_ROUTE, SECRET_FILENAME, LocalObjectStore, load_or_create_secret
+from storage.local import (
+    FILES_ROUTE,
+    SECRET_FILENAME,
+    LocalObjectStore,
+    load_or_create_secret,
+)
 from storage.settings import StorageSettings
 
 BASE = "http://studio.test:8000"

@@ -219,3 +219,15 @@ class SeaweedS3:
         }
         values.update(overrides)
         return StorageSettings(**values)
+
+    def service_env(self, settings: Any) -> dict[str, str]:
+        """``STUDIO_STORAGE_*`` variables that point a service at ``settings``' bucket here."""
+        return {
+            "STUDIO_STORAGE_BACKEND": "s3",
+            "STUDIO_STORAGE_S3_ENDPOINT_URL": self.endpoint_url,
+            "STUDIO_STORAGE_S3_BUCKET": settings.s3_bucket,
+            "STUDIO_STORAGE_S3_REGION": self.region,
+            "STUDIO_STORAGE_S3_ACCESS_KEY_ID": self.access_key,
+            "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": self.secret_key,
+            "STUDIO_STORAGE_S3_CREATE_BUCKET": "true",
+        }
