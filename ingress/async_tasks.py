@@ -109,12 +109,14 @@ class TaskService:
             raise NotFound("no such task")
         return record
 
+    def _cached(self, tenant: str, task_id: str | None) -> Envelope | None:
+        cached = self._finished.get((tenant, task_id)) if task_id is not None else None
+        return cached[1] if cached is not None and cached[0] > time.time() else None
+
     def _status(self, tenant: str, task_id: str | None, reference_id: str | None) -> Envelope:
         now = time.time()
-        if task_id is not None:
-            cached = self._finished.get((tenant, task_id))
-            if cached is not None and cached[0] > now:
-                return cached[1]
+        if (env := self._cached(tenant, task_id)) is not None:
+            return env
         record = self._lookup(tenant, task_id, reference_id)
         env = task_envelope(record, self.tasks.store, self.url_expiry)
         if record.terminal:
@@ -125,6 +127,9 @@ class TaskService:
         return env
 
     async def status(self, tenant: str, task_id: str | None, reference_id: str | None = None) -> Envelope:
+        # A finished task's envelope is answered on the loop: no thread hop, no IO.
+        if (env := self._cached(tenant, task_id)) is not None:
+            return env
         return await asyncio.to_thread(self._status, tenant, task_id, reference_id)
 
     async def cancel(self, tenant: str, task_id: str) -> Envelope:
