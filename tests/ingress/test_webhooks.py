@@ -13,7 +13,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import pickle
 import random
@@ -22,7 +21,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import anyio
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -41,7 +39,7 @@ from ingress.webhooks import (
     verify,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("connections")]
 
 SECRET = new_secret()
 LOOP = FetchLimits(allow_loopback=True)
@@ -182,6 +180,7 @@ class FakeResolver:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, port)) for addr in answers]
 
 
+
 @pytest.fixture(autouse=True)
 def resolver(monkeypatch) -> FakeResolver:
     fake = FakeResolver()
@@ -189,19 +188,6 @@ def resolver(monkeypatch) -> FakeResolver:
     return fake
 
 
-@pytest.fixture(autouse=True)
-def connections(monkeypatch) -> list[str]:
-    attempted: list[str] = []
-    real = anyio.connect_tcp
-
-    async def guarded(remote_host, remote_port, *args, **kwargs):
-        attempted.append(str(remote_host))
-        if not ipaddress.ip_address(str(remote_host)).is_loopback:
-            raise AssertionError(f"test tried to connect to non-loopback {remote_host}")
-        return await real(remote_host, remote_port, *args, **kwargs)
-
-    monkeypatch.setattr(anyio, "connect_tcp", guarded)
-    return attempted
 
 
 def send(url: str, msg_id: str = "msg_test", policy: WebhookPolicy = FAST,
