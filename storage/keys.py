@@ -27,21 +27,37 @@ def validate_key(key: str) -> str:
     return key
 
 
+#: The rule every tenant name follows (it is a key segment); said in error messages.
+TENANT_RULE = "1..128 characters of [A-Za-z0-9_-], starting with a letter or digit"
+
+
 def _segment(name: str, value: str) -> str:
     if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
         raise ValueError(f"invalid {name} {value!r}: want [A-Za-z0-9][A-Za-z0-9_-]{{0,127}}")
     return value
 
 
-def image_key(tenant: str, request_id: str, index: int, ext: str = "png") -> str:
-    """``tenants/<tenant>/images/<request_id>/<index>.<ext>``."""
-    _segment("tenant", tenant)
+def validate_tenant(tenant: str) -> str:
+    """Return ``tenant`` if it can name a tenant's key prefix, else raise ``ValueError``."""
+    if not isinstance(tenant, str) or not _SEGMENT.fullmatch(tenant):
+        raise ValueError(f"invalid tenant name {tenant!r}: want {TENANT_RULE}")
+    return tenant
+
+
+def image_key(tenant: str, request_id: str, index: int, ext: str = "png", attempt: int | None = None) -> str:
+    """``tenants/<tenant>/images/<request_id>/<index>.<ext>``; with ``attempt`` (async tasks)
+    ``tenants/<tenant>/images/<request_id>/<attempt>/<index>.<ext>``, so attempts never share keys."""
+    validate_tenant(tenant)
     _segment("request_id", request_id)
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"invalid image index {index!r}")
+    for name, number in (("image index", index), ("attempt", attempt)):
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
+            raise ValueError(f"invalid {name} {number!r}")
+    if index is None:
+        raise ValueError("invalid image index None")
     if not isinstance(ext, str) or not _EXT.fullmatch(ext):
         raise ValueError(f"invalid extension {ext!r}")
-    return f"tenants/{tenant}/images/{request_id}/{index}.{ext}"
+    folder = f"{request_id}/{attempt}" if attempt is not None else request_id
+    return f"tenants/{tenant}/images/{folder}/{index}.{ext}"
 
 
 def tenant_of(key: str) -> str | None:

@@ -183,12 +183,38 @@ class LocalObjectStore:
             return DEFAULT_CONTENT_TYPE
 
     def delete(self, key: str) -> None:
-        """Remove ``key``; absent keys are not an error."""
-        for path in self._paths(key):
+        """Remove ``key`` (absent keys are not an error) under its lock, and the lock file too:
+        a compare-and-swap in flight finishes first, and no lock file outlives its object."""
+        paths = self._paths(key)
+        with self._lock(key) as lock:
+            for path in paths:
+                try:
+                    path.unlink()
+                except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                    pass
+            lock.unlink()
+
+    def prune_locks(self, older_than_seconds: float) -> int:
+        """Delete lock files unused for ``older_than_seconds`` that nobody holds (left by
+        keys written with ``put_if`` and never deleted, or by a crash). Returns how many."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        try:
+            entries = list(os.scandir(self._locks))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
             try:
-                path.unlink()
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                pass
+                if entry.stat().st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            lock = _FileLock(Path(entry.path))
+            if lock.try_acquire():
+                lock.unlink()
+                lock.release()
+                removed += 1
+        return removed
 
     def _signature(self, key: str, expires: int) -> str:
         msg = f"{key}\n{expires}".encode()
@@ -220,17 +246,60 @@ class LocalObjectStore:
 
 
 class _FileLock:
+    """``flock`` on a lock file that may be unlinked by its holder.
+
+    After taking the lock, the holder checks that the path still names the file it
+    locked; if the file was unlinked (and perhaps re-created) meanwhile, it tries again
+    on the current one. So a holder may delete the lock file (``unlink``) safely.
+    """
+
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
 
+    def _take(self, flags: int, create: bool) -> bool:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+            except FileNotFoundError:
+                return False
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)  # unlinked under us: lock the file that is there now
+            if not create:
+                return False
+
     def __enter__(self) -> "_FileLock":
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._take(fcntl.LOCK_EX, create=True)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it (never creates the file)."""
+        return self._take(fcntl.LOCK_EX | fcntl.LOCK_NB, create=False)
+
+    def unlink(self) -> None:
+        """Remove the lock file; only while holding it."""
+        assert self._fd is not None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def release(self) -> None:
         assert self._fd is not None
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -4,19 +4,23 @@ Layout (every key but the queue and outbox is under the tenant):
 
 * ``tenants/<t>/tasks/<id>/record.json`` — the :class:`TaskRecord` (state,
   history with timestamps, progress, lease, outputs, error).
-* ``tenants/<t>/tasks/<id>/request.json`` — the full validated request the
-  worker needs (input URLs with their query strings, inline images); deleted
-  when the task ends.
+* ``tenants/<t>/tasks/<id>/<nonce>/job.json`` and ``.../<nonce>/<input>.png`` —
+  the payload the worker needs: the job as validated and sized at submit, its
+  input images captured at submit, and the webhook URL. ``<nonce>`` is fresh per
+  submit and the record names the payload it was created with, so two racing
+  submits of one task (an idempotency key) never overwrite each other's inputs;
+  the loser deletes its own. Deleted when the task ends.
 * ``tenants/<t>/refs/<sha256(reference_id)>.json`` and
   ``tenants/<t>/idempotency/<sha256(key)>.json`` — lookups to a task id.
 * ``queue/<id>.<tenant>.<deployment>`` — one empty marker per unfinished task,
   everything the coordinator needs in its key, so a scan is one listing, and
   its work is bounded by live tasks, not history.
-* ``outbox/<id>.json`` — a webhook still to deliver.
+* ``outbox/<id>.<tenant>.json`` — a webhook still to deliver.
 
 Every change to a record is a compare-and-swap (:meth:`TaskStore.update`), so
 the ingress, the coordinator and a worker never lose each other's writes, and
-only one worker can claim a given attempt.
+only one worker can claim a given attempt. A record in a terminal state is
+never written again.
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ def record_key(tenant: str, task_id: str) -> str:
     return f"tenants/{tenant}/tasks/{task_id}/record.json"
 
 
-def request_key(tenant: str, task_id: str) -> str:
-    return f"tenants/{tenant}/tasks/{task_id}/request.json"
+def payload_prefix(tenant: str, task_id: str, nonce: str) -> str:
+    return f"tenants/{tenant}/tasks/{task_id}/{nonce}/"
 
 
 def ref_key(tenant: str, reference_id: str) -> str:
@@ -65,18 +69,28 @@ def idempotency_key(tenant: str, key: str) -> str:
     return f"tenants/{tenant}/idempotency/{_digest(key)}.json"
 
 
-def queue_key(task_id: str, tenant: str, deployment: str) -> str:
-    return f"{QUEUE_PREFIX}{task_id}.{tenant}.{deployment}"
+def queue_key(task_id: str, tenant: str, deployment: str, deadline_at: float | None = None) -> str:
+    """The marker's key carries what the coordinator needs: no read per task to scan."""
+    deadline = "" if deadline_at is None else f".{int(deadline_at)}"
+    return f"{QUEUE_PREFIX}{task_id}.{tenant}.{deployment}{deadline}"
 
 
-def parse_queue_key(key: str) -> tuple[str, str, str] | None:
-    """``(task_id, tenant, deployment)`` of a queue marker key (None if malformed)."""
+def parse_queue_key(key: str) -> tuple[str, str, str, float | None] | None:
+    """``(task_id, tenant, deployment, deadline_at)`` of a queue marker key (None if malformed)."""
     parts = key.removeprefix(QUEUE_PREFIX).split(".")
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+    if len(parts) not in (3, 4) or not all(parts) or (len(parts) == 4 and not parts[3].isdigit()):
+        return None
+    return parts[0], parts[1], parts[2], float(parts[3]) if len(parts) == 4 else None
 
 
-def outbox_key(task_id: str) -> str:
-    return f"{OUTBOX_PREFIX}{task_id}.json"
+def outbox_key(task_id: str, tenant: str) -> str:
+    return f"{OUTBOX_PREFIX}{task_id}.{tenant}.json"
+
+
+def parse_outbox_key(key: str) -> tuple[str, str] | None:
+    """``(task_id, tenant)`` of an outbox key (None if malformed)."""
+    parts = key.removeprefix(OUTBOX_PREFIX).split(".")
+    return (parts[0], parts[1]) if len(parts) == 3 and parts[2] == "json" and all(parts) else None
 
 
 def dead_letter_key(tenant: str, task_id: str) -> str:
@@ -105,8 +119,13 @@ class TaskRecord(BaseModel):
     progress: float = 0.0
     attempts: int = 0
     max_attempts: int = 3
-    lease_owner: str | None = None
-    lease_expires_at: float | None = None
+    lease_owner: str | None = Field(None, description="Who holds the current attempt: a worker, or 'dispatch'.")
+    lease_seq: int = Field(0, description="Bumped by every lease write (dispatch, claim, renewal).")
+    lease_seconds: float | None = Field(
+        None, description="The holder's promise: it writes again within this long, or may be presumed lost."
+    )
+    deadline_at: float | None = Field(None, description="Unix time after which the task fails with Timeout.")
+    payload_key: str | None = Field(None, description="The job payload this task was created with.")
     cancel_requested: bool = False
     output_keys: list[str] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
@@ -139,14 +158,25 @@ class TaskRecord(BaseModel):
             self.started_at = now
         if status in TERMINAL:
             self.finished_at = now
-            self.lease_owner = None
-            self.lease_expires_at = None
+            self.release_lease()
             if status == "SUCCESS":
                 self.progress = 1.0
 
     def fail(self, error: str, error_data: str, now: float | None = None) -> None:
         self.error, self.error_data = error, error_data
         self.move("FAILURE", f"{error}: {error_data}", now)
+
+    def hold_lease(self, owner: str, seconds: float) -> None:
+        """Take or renew the lease: ``owner`` promises to write again within ``seconds``."""
+        self.lease_owner = owner
+        self.lease_seconds = seconds
+        self.lease_seq += 1
+
+    def release_lease(self) -> None:
+        """No one holds the task (its holder is known to be gone, or it ended)."""
+        self.lease_owner = None
+        self.lease_seconds = None
+        self.lease_seq += 1
 
 
 class TaskStore:
@@ -157,25 +187,56 @@ class TaskStore:
         self.cas_retries = cas_retries
 
     # -- creation ---------------------------------------------------------
-    def create(self, record: TaskRecord, request: dict[str, Any]) -> None:
-        """Write the request, the queue marker, then the record (a marker without a
-        record, left by a crash, is swept by the coordinator)."""
+    def create(
+        self, record: TaskRecord, job: dict[str, Any], inputs: dict[str, bytes] | None = None,
+        webhook: str | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        """Write the payload (job, captured inputs, webhook URL), the queue marker, then the
+        record, created only if absent. Returns ``(stored record, created)``: when the task
+        already exists (a racing submit with the same idempotency key won, or a retried
+        write of ours landed), the stored record is returned and our own payload deleted.
+        A marker or payload without a record, left by a crash, is swept later."""
         t, tid = record.tenant, record.task_id
-        self.store.put(request_key(t, tid), json.dumps(request).encode(), "application/json")
-        self.store.put(queue_key(tid, t, record.deployment), b"", "application/octet-stream")
+        prefix = payload_prefix(t, tid, secrets.token_hex(6))
+        keys = {name: f"{prefix}{name}.png" for name in (inputs or {})}
+        for name, data in (inputs or {}).items():
+            self.store.put(keys[name], data, "image/png")
+        payload = {"job": job, "inputs": keys, "webhook": webhook}
+        record.payload_key = f"{prefix}job.json"
+        self.store.put(record.payload_key, json.dumps(payload).encode(), "application/json")
+        self.store.put(queue_key(tid, t, record.deployment, record.deadline_at), b"", "application/octet-stream")
         record.move("PENDING", "submitted", record.created_at)
-        self.store.put_if(record_key(t, tid), record.model_dump_json().encode(), if_absent=True)
+        try:
+            self.store.put_if(record_key(t, tid), record.model_dump_json().encode(), if_absent=True)
+        except PreconditionFailed:
+            existing = self.get(t, tid)
+            if existing is None:
+                raise
+            if existing.payload_key == record.payload_key:
+                return existing, True  # our own write, retried by the client library
+            for key in [*keys.values(), record.payload_key]:
+                self.store.delete(key)
+            return existing, False
         if record.reference_id:
             self.store.put(ref_key(t, record.reference_id), json.dumps({"task_id": tid}).encode(), "application/json")
+        return record, True
 
     def claim_idempotency_key(self, tenant: str, key: str, body_hash: str, task_id: str) -> dict[str, Any] | None:
-        """Bind ``key`` to ``task_id``; if it was already bound, return that binding instead."""
+        """Bind ``key`` to ``task_id``; if it was already bound to another task, return that binding."""
         entry = json.dumps({"task_id": task_id, "body_sha256": body_hash, "at": time.time()}).encode()
         try:
             self.store.put_if(idempotency_key(tenant, key), entry, if_absent=True)
             return None
         except PreconditionFailed:
+            bound = json.loads(self.store.get(idempotency_key(tenant, key)))
+            return None if bound.get("task_id") == task_id else bound  # None: a retry of our own write
+
+    def idempotency_binding(self, tenant: str, key: str) -> dict[str, Any] | None:
+        """What ``key`` is bound to (``{"task_id", "body_sha256", "at"}``), or None."""
+        try:
             return json.loads(self.store.get(idempotency_key(tenant, key)))
+        except (ObjectNotFound, ValueError):
+            return None
 
     # -- reads ------------------------------------------------------------
     def get(self, tenant: str, task_id: str) -> TaskRecord | None:
@@ -184,10 +245,13 @@ class TaskStore:
         except (ObjectNotFound, ValueError):
             return None
 
-    def request(self, tenant: str, task_id: str) -> dict[str, Any] | None:
+    def payload(self, record: TaskRecord) -> dict[str, Any] | None:
+        """The job payload of ``record``: ``{"job", "inputs": {name: key}, "webhook"}``."""
+        if record.payload_key is None:
+            return None
         try:
-            return json.loads(self.store.get(request_key(tenant, task_id)))
-        except ObjectNotFound:
+            return json.loads(self.store.get(record.payload_key))
+        except (ObjectNotFound, ValueError):
             return None
 
     def find_by_reference(self, tenant: str, reference_id: str) -> str | None:
@@ -196,8 +260,8 @@ class TaskStore:
         except (ObjectNotFound, ValueError, KeyError):
             return None
 
-    def queued(self) -> list[tuple[ObjectInfo, tuple[str, str, str]]]:
-        """Markers of unfinished tasks, oldest first: ``(info, (task_id, tenant, deployment))``."""
+    def queued(self) -> list[tuple[ObjectInfo, tuple[str, str, str, float | None]]]:
+        """Markers of unfinished tasks, oldest first: ``(info, (task_id, tenant, deployment, deadline_at))``."""
         found = []
         for info in self.store.list(QUEUE_PREFIX):
             parsed = parse_queue_key(info.key)
@@ -231,13 +295,18 @@ class TaskStore:
         raise RuntimeError(f"task {task_id}: too many concurrent updates")
 
     def settle(self, record: TaskRecord) -> None:
-        """After a terminal state: queue a webhook if asked for, drop the marker and the request."""
+        """After a terminal state: queue a webhook if asked for, drop the marker and the payload."""
+        payload = self.payload(record) or {}
         if record.webhook:
-            url = (self.request(record.tenant, record.task_id) or {}).get("webhook")
-            entry = {"tenant": record.tenant, "task_id": record.task_id, "url": url, "attempts": 0, "next_at": 0}
+            entry = {"tenant": record.tenant, "task_id": record.task_id, "url": payload.get("webhook"),
+                     "attempts": 0, "next_at": 0}
             try:
-                self.store.put_if(outbox_key(record.task_id), json.dumps(entry).encode(), if_absent=True)
+                self.store.put_if(outbox_key(record.task_id, record.tenant), json.dumps(entry).encode(),
+                                  if_absent=True)
             except PreconditionFailed:
                 pass
-        self.store.delete(queue_key(record.task_id, record.tenant, record.deployment))
-        self.store.delete(request_key(record.tenant, record.task_id))
+        self.store.delete(queue_key(record.task_id, record.tenant, record.deployment, record.deadline_at))
+        for key in (payload.get("inputs") or {}).values():
+            self.store.delete(key)
+        if record.payload_key is not None:
+            self.store.delete(record.payload_key)

@@ -231,3 +231,73 @@ def test_settings_expiry_bounds() -> None:
         StorageSettings(url_expiry_seconds=0)
     with pytest.raises(ValueError):
         StorageSettings(url_expiry_seconds=7 * 24 * 3600 + 1)
+
+
+# -- locks: delete takes the key's lock and removes the lock file -------------------
+
+
+def _lock_files(store: LocalObjectStore) -> list[str]:
+    return sorted(p.name for p in (store.root / "locks").iterdir()) if (store.root / "locks").exists() else []
+
+
+def test_delete_waits_for_a_compare_and_swap_in_flight_and_removes_its_lock(store):
+    store.put_if("tenants/t/tasks/x/record.json", b"v1", if_absent=True)
+    assert len(_lock_files(store)) == 1
+    holder = store._lock("tenants/t/tasks/x/record.json")
+    holder.__enter__()
+    deleted = threading.Event()
+    worker = threading.Thread(target=lambda: (store.delete("tenants/t/tasks/x/record.json"), deleted.set()))
+    worker.start()
+    assert not deleted.wait(0.3)  # blocked behind the holder
+    assert store.exists("tenants/t/tasks/x/record.json")
+    holder.__exit__(None, None, None)
+    assert deleted.wait(5)
+    worker.join()
+    assert not store.exists("tenants/t/tasks/x/record.json") and _lock_files(store) == []
+
+
+def test_concurrent_writers_and_deletes_never_share_a_stale_lock(store):
+    key = "tenants/t/counter"
+    store.put_if(key, b"0", if_absent=True)
+    errors = []
+
+    def bump():
+        for _ in range(30):
+            try:
+                data, etag = store.get_versioned(key)
+                store.put_if(key, str(int(data) + 1).encode(), if_match=etag)
+            except Exception as exc:  # PreconditionFailed / ObjectNotFound are the expected races
+                errors.append(type(exc).__name__)
+
+    def churn():
+        for _ in range(30):
+            store.delete(key)
+            try:
+                store.put_if(key, b"0", if_absent=True)
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=bump) for _ in range(3)] + [threading.Thread(target=churn)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(errors) <= {"PreconditionFailed", "ObjectNotFound"}
+    assert len(_lock_files(store)) <= 1
+
+
+def test_prune_locks_removes_only_old_unheld_lock_files(store):
+    for key in ("a/1", "a/2"):
+        store.put_if(key, b"x", if_absent=True)
+    names = _lock_files(store)
+    old = time.time() - 7200
+    for name in names:
+        os.utime(store.root / "locks" / name, (old, old))
+    held = store._lock("a/1")
+    held.__enter__()
+    try:
+        assert store.prune_locks(3600) == 1
+    finally:
+        held.__exit__(None, None, None)
+    assert len(_lock_files(store)) == 1
+    store.put_if("a/2", b"y", if_match=store.get_versioned("a/2")[1])  # still works: a new lock file
