@@ -37,9 +37,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped
+from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, new_incident
 from deployments.schedulers import build_scheduler
-from deployments.types import GeneratedImage, ImageJob, ImageResult, TaskRef
+from deployments.types import JOB_IMAGES, GeneratedImage, ImageJob, ImageResult, TaskRef, job_from_payload
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,6 +52,8 @@ logger = logging.getLogger("deployments.diffusion")
 
 MAX_SEED = 2**32 - 1
 TASKS = ("text2img", "img2img", "inpaint")
+MAX_SIDE = 1536  # the contract's largest side; a family may set its own
+MAX_BATCH = 8
 OnStep = Callable[[int, int], None]
 
 
@@ -60,11 +62,21 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _model_error(exc: BaseException, job: ImageJob) -> ModelError:
+    """Log the failure with a new incident id; the error carries only the id to clients."""
+    incident = new_incident()
+    logger.exception("generation failed (incident %s)", incident,
+                     extra={"task": job.task, "request_id": job.request_id, "incident": incident})
+    return ModelError(_short(exc), incident)
+
+
 class DiffusionModel:
     """Runs jobs on one set of loaded pipelines. No IO, one job at a time."""
 
-    def __init__(self, pipelines: DiffusionPipelines):
+    def __init__(self, pipelines: DiffusionPipelines, max_side: int = MAX_SIDE, max_batch: int = MAX_BATCH):
         self.pipelines = pipelines
+        self.max_side = max_side
+        self.max_batch = max_batch
         # Captured once: the pipelines' ``scheduler`` attribute is replaced per request.
         self.base_scheduler_config = dict(pipelines.text2img.scheduler.config)
         encoders = [pipelines.text2img.text_encoder]
@@ -86,8 +98,8 @@ class DiffusionModel:
     def _check(self, job: ImageJob) -> None:
         if job.task not in TASKS:
             raise InvalidJobError("task", f"unknown task {job.task!r}; use one of {', '.join(TASKS)}")
-        if job.batch < 1:
-            raise InvalidJobError("batch", "batch must be at least 1")
+        if not 1 <= job.batch <= self.max_batch:
+            raise InvalidJobError("batch", f"batch must be in 1..{self.max_batch}")
         if job.num_inference_steps < 1:
             raise InvalidJobError("num_inference_steps", "num_inference_steps must be at least 1")
         if job.clip_skip is not None and not 0 <= job.clip_skip < self.text_encoder_layers:
@@ -115,6 +127,14 @@ class DiffusionModel:
                 value = getattr(job, name)
                 if value is not None and (value < factor or value % factor):
                     raise InvalidJobError(name, f"{name} must be a positive multiple of {factor}")
+            width = job.width or self.pipelines.default_width
+            height = job.height or self.pipelines.default_height
+        else:
+            width, height = job.image.size
+        # Checked again here (the ingress sizes jobs first): a job is never larger than the family allows.
+        for name, value in (("width", width), ("height", height)):
+            if value > self.max_side:
+                raise InvalidJobError(name, f"{name} {value} exceeds this model's limit; allowed: at most {self.max_side}")
 
     # -- generation -------------------------------------------------------
     def generate(self, job: ImageJob, *, on_step: OnStep | None = None) -> list[tuple[Image.Image, int]]:
@@ -180,11 +200,9 @@ class DiffusionModel:
                         "strength * num_inference_steps must be at least 1; raise strength or "
                         "num_inference_steps",
                     ) from exc
-                logger.exception("generation failed", extra={"task": job.task, "request_id": job.request_id})
-                raise ModelError(_short(exc)) from exc
+                raise _model_error(exc, job) from exc
             except Exception as exc:
-                logger.exception("generation failed", extra={"task": job.task, "request_id": job.request_id})
-                raise ModelError(_short(exc)) from exc
+                raise _model_error(exc, job) from exc
         if len(images) != len(seeds):
             raise ModelError(f"pipeline returned {len(images)} images for a batch of {len(seeds)}")
         return list(zip(images, seeds))
@@ -256,16 +274,19 @@ class DiffusionFamily:
         family: str = "",
         gpu: str = "",
         store: ObjectStore | None = None,
+        max_side: int = MAX_SIDE,
     ):
         from deployments.loader import load_pipeline
+        from deployments.replica_net import bind_replica_grpc_to_node_ip
 
+        bind_replica_grpc_to_node_ip()
         self.model_source = model_source
         self.family = family
         self.gpu = gpu
         start = time.perf_counter()
         pipelines = load_pipeline(model_source, revision=revision, dtype=dtype)
         load_seconds = time.perf_counter() - start
-        self.model = DiffusionModel(pipelines)
+        self.model = DiffusionModel(pipelines, max_side=max_side)
         if store is None:
             from storage.factory import open_store
 
@@ -297,7 +318,7 @@ class DiffusionFamily:
         results = []
         for index, (image, seed) in enumerate(outputs):
             data = encode_png(image)
-            key = image_key(job.tenant, job.request_id, index)
+            key = image_key(job.tenant, job.request_id, index, attempt=job.attempt)
             self.store.put(key, data, "image/png")
             results.append(
                 GeneratedImage(
@@ -335,12 +356,15 @@ class DiffusionFamily:
         )
         return ImageResult(images=images, run_seconds=run_seconds)
 
-    async def run_task(self, job: ImageJob, ref: TaskRef) -> str:
+    async def run_task(self, ref: TaskRef) -> str:
         """Run one attempt of an async task; the outcome goes to the task record.
 
-        Returns the final status this worker wrote (or ``"skipped"`` when the
-        attempt was not ours to run). Errors about the job end the task as
-        FAILURE; anything else propagates, so the coordinator retries it.
+        Claims the attempt, loads the job captured at submit from the store, runs
+        it under a lease, and publishes the outputs (stored under per-attempt keys)
+        in the final compare-and-swap. Returns the status this worker wrote, or
+        ``"skipped"`` when the attempt was not ours to run. Anything the job raises
+        ends the task as FAILURE with its reason (no retry); only errors of the
+        store itself propagate.
         """
         from deployments.tasks import TaskLease
 
@@ -348,14 +372,23 @@ class DiffusionFamily:
         if not await asyncio.to_thread(lease.claim):
             return "skipped"
         lease.start()
+        images: list[GeneratedImage] = []
         try:
+            job = await asyncio.to_thread(self._load_job, lease.record, ref.attempt)
+            if job is None:
+                incident = new_incident()
+                logger.error("task %s: its payload is missing (incident %s)", ref.task_id, incident)
+                await asyncio.to_thread(lease.fail, "InternalError", f"the task's input is gone (incident {incident})")
+                return "FAILURE"
             async with self._lock:
                 lease.check()
-                outputs = await asyncio.to_thread(self.model.generate, job, on_step=lease.on_step)
+                outputs = await asyncio.to_thread(self._generate_for_task, job, lease)
             lease.check()
             images = await asyncio.to_thread(self._store_images, job, outputs)
-            await asyncio.to_thread(lease.succeed, images)
-            return "SUCCESS"
+            if await asyncio.to_thread(lease.succeed, images):
+                return "SUCCESS"
+            await asyncio.to_thread(self._delete_images, images)  # superseded: never visible
+            return "superseded"
         except TaskStopped:
             await asyncio.to_thread(lease.revoked)
             return lease.stop_reason or "stopped"
@@ -363,10 +396,42 @@ class DiffusionFamily:
             await asyncio.to_thread(lease.fail, "ValidationError", f"{exc.field}: {exc.message}")
             return "FAILURE"
         except ModelError as exc:
-            await asyncio.to_thread(lease.fail, "ModelError", str(exc))
+            await asyncio.to_thread(lease.fail, "ModelError", exc.public)
             return "FAILURE"
+        except asyncio.CancelledError:
+            lease.stop_reason = lease.stop_reason or "lost"  # the thread stops at its next step
+            raise
         finally:
             lease.stop()
+
+    def _generate_for_task(self, job: ImageJob, lease) -> list[tuple[Image.Image, int]]:
+        """``generate`` with the lease's step callback; any other failure of the job is a ModelError."""
+        try:
+            return self.model.generate(job, on_step=lease.on_step)
+        except JobError:
+            raise
+        except Exception as exc:
+            raise _model_error(exc, job) from exc
+
+    def _load_job(self, record, attempt: int) -> ImageJob | None:
+        """The job stored at submit, with its captured input images, for ``attempt``."""
+        from PIL import Image
+
+        payload = self.tasks.payload(record)
+        if payload is None:
+            return None
+        images = {}
+        for name, key in (payload.get("inputs") or {}).items():
+            if name in JOB_IMAGES:
+                with Image.open(io.BytesIO(self.store.get(key)), formats=["PNG"]) as img:
+                    images[name] = img.convert("L" if name == "mask" else "RGB")
+        job = job_from_payload(payload["job"], images)
+        job.attempt = attempt
+        return job
+
+    def _delete_images(self, images: list[GeneratedImage]) -> None:
+        for image in images:
+            self.store.delete(image.key)
 
     async def check_health(self) -> None:
         """Cheap liveness check for Serve: the model and store are in place."""

@@ -1,5 +1,12 @@
 """Errors a family deployment raises; the ingress maps each to the envelope."""
 
+import uuid
+
+
+def new_incident() -> str:
+    """A short id that ties a client-facing message to the detail in the server log."""
+    return uuid.uuid4().hex[:12]
+
 
 class JobError(Exception):
     """Base class for errors about one job."""
@@ -13,9 +20,27 @@ class InvalidJobError(JobError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # picklable across Ray (the default would call __init__ with one argument)
+        return type(self), (self.field, self.message)
+
 
 class ModelError(JobError):
-    """The model failed while running a valid job."""
+    """The model failed while running a valid job.
+
+    ``str(exc)`` is the internal detail, for the log only; clients see
+    :attr:`public`, which names the incident under which the detail was logged.
+    """
+
+    def __init__(self, detail: str, incident: str | None = None):
+        super().__init__(detail)
+        self.incident = incident or new_incident()
+
+    def __reduce__(self):
+        return type(self), (str(self), self.incident)
+
+    @property
+    def public(self) -> str:
+        return f"the model failed on this job (incident {self.incident})"
 
 
 class TaskStopped(JobError):

@@ -3,9 +3,17 @@ notice cancellation, and write the outcome — all through compare-and-swap
 updates of the task record.
 
 Only the worker that claims attempt *n* (``PENDING`` with ``attempts == n``)
-runs it; the coordinator issues attempt *n+1* only after the lease of attempt *n*
-expired, and a worker that finds its attempt superseded stops at the next
-denoising step without writing anything. So a task never runs twice at once.
+runs it. A lease is a promise, not a timestamp: every renewal bumps the
+record's ``lease_seq``, and the coordinator presumes the holder lost only after
+seeing the same ``lease_seq`` for ``lease_seconds`` on its own clock, so no two
+machines' clocks are ever compared. The worker fences itself first: when its
+last successful renewal is older than ``FENCE`` of the lease (by its own
+monotonic clock, counted from before the write was sent, so always earlier than
+anyone else can presume it lost), it stops at the next denoising step. Outputs
+are written under per-attempt keys and published only by the final
+compare-and-swap, which succeeds only while the record still names this
+worker's attempt; a superseded worker deletes what it wrote. So a task never
+runs twice at once, and a late worker cannot change a finished task's outputs.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from storage.tasks import TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
 
+#: Fraction of the lease after the last successful renewal at which a worker stops itself.
+FENCE = 0.75
+
 
 class TaskLease:
     """One worker's hold on one attempt of a task."""
@@ -28,9 +39,10 @@ class TaskLease:
         self.tasks = tasks
         self.ref = ref
         self.owner = owner
+        self.record: TaskRecord | None = None  # as claimed
         self.progress = 0.0
         self.stop_reason: str | None = None
-        self._written_progress = -1.0
+        self._renewed_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -41,6 +53,7 @@ class TaskLease:
         """PENDING attempt n → STARTED under our lease. False: not ours to run (revoked,
         superseded, already finished); a cancelled task is marked REVOKED here."""
         won = False
+        sent = time.monotonic()
 
         def change(r: TaskRecord):
             nonlocal won
@@ -49,8 +62,7 @@ class TaskLease:
             if r.cancel_requested:
                 r.move("REVOKED", "cancelled before it started")
                 return None
-            r.lease_owner = self.owner
-            r.lease_expires_at = time.time() + self.ref.lease_seconds
+            r.hold_lease(self.owner, self.ref.lease_seconds)
             r.move("STARTED", f"attempt {r.attempts} on {self.owner}")
             won = True
             return None
@@ -58,6 +70,9 @@ class TaskLease:
         record = self.tasks.update(self.ref.tenant, self.ref.task_id, change)
         if record is not None and record.status == "REVOKED" and not won:
             self.tasks.settle(record)
+        if won:
+            self.record = record
+            self._renewed_at = sent
         return won
 
     # -- lease renewal ----------------------------------------------------
@@ -71,14 +86,21 @@ class TaskLease:
             self._thread.join(timeout=5)
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ref.renew_seconds):
+        failures = 0
+        while self.stop_reason is None and not self._stop.wait(self.ref.renew_seconds):
             try:
                 self.renew()
-            except Exception:  # a store hiccup: try again next tick; the lease has slack
-                log.warning("lease renewal failed for %s", self.ref.task_id, exc_info=True)
+                failures = 0
+            except Exception:  # a store hiccup: try again next tick, until the fence
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("lease renewal failed for %s (%d in a row)", self.ref.task_id, failures,
+                                exc_info=failures == 1)
+                self._fenced()
 
     def renew(self) -> None:
         """Extend the lease, publish progress, and pick up cancellation."""
+        sent = time.monotonic()
 
         def change(r: TaskRecord):
             if not self._mine(r):
@@ -86,37 +108,54 @@ class TaskLease:
                 return False
             if r.cancel_requested:
                 self.stop_reason = "revoked"
-            r.lease_expires_at = time.time() + self.ref.lease_seconds
+            r.hold_lease(self.owner, self.ref.lease_seconds)
             r.progress = round(self.progress, 4)
             return None
 
         self.tasks.update(self.ref.tenant, self.ref.task_id, change)
-        self._written_progress = self.progress
+        if self.stop_reason is None:
+            self._renewed_at = sent
+
+    def _fenced(self) -> bool:
+        """True (and stop_reason "lost") once our last renewal is older than the fence."""
+        if self.stop_reason is None and time.monotonic() - self._renewed_at > FENCE * self.ref.lease_seconds:
+            log.warning("task %s: lease not renewed for %.1f s; stopping this attempt", self.ref.task_id,
+                        time.monotonic() - self._renewed_at)
+            self.stop_reason = "lost"
+        return self.stop_reason == "lost"
 
     def on_step(self, step: int, total: int) -> None:
-        """Denoising-step callback: record progress; stop here if cancelled or superseded."""
+        """Denoising-step callback: record progress; stop here if cancelled, superseded or fenced."""
         self.progress = min(step / max(total, 1), 0.99)
-        if self.stop_reason is not None:
-            raise TaskStopped(self.stop_reason)
+        self.check()
 
     def check(self) -> None:
+        self._fenced()
         if self.stop_reason is not None:
             raise TaskStopped(self.stop_reason)
 
     # -- outcome ----------------------------------------------------------
     def _finish(self, apply) -> TaskRecord | None:
+        """Apply a terminal change if the attempt is still ours; the record if written, else None."""
+        written = False
+
         def change(r: TaskRecord):
+            nonlocal written
             if not self._mine(r):
                 return False
             apply(r)
+            written = True
             return None
 
         record = self.tasks.update(self.ref.tenant, self.ref.task_id, change)
-        if record is not None and record.terminal:
+        if written and record is not None and record.terminal:
             self.tasks.settle(record)
-        return record
+        return record if written else None
 
-    def succeed(self, images: list[GeneratedImage]) -> None:
+    def succeed(self, images: list[GeneratedImage]) -> bool:
+        """Publish the outputs in the final compare-and-swap. False: the attempt is no
+        longer ours (superseded, revoked, timed out); the caller deletes its outputs."""
+
         def apply(r: TaskRecord):
             r.output_keys = [i.key for i in images]
             r.seeds = [i.seed for i in images]
@@ -124,7 +163,7 @@ class TaskLease:
                 r.width, r.height = images[0].width, images[0].height
             r.move("SUCCESS")
 
-        self._finish(apply)
+        return self._finish(apply) is not None
 
     def fail(self, error: str, error_data: str) -> None:
         self._finish(lambda r: r.fail(error, error_data))

@@ -6,8 +6,9 @@ deployment turns a job into a result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import io
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -37,6 +38,30 @@ class ImageJob:
     image: Image.Image | None = None
     mask: Image.Image | None = None
     return_bytes: bool = False
+    attempt: int | None = None  # async tasks: outputs are stored per attempt
+
+
+#: The fields of an ``ImageJob`` that hold images; the rest are JSON scalars.
+JOB_IMAGES = ("image", "mask")
+
+
+def job_to_payload(job: ImageJob) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """An ``ImageJob`` as JSON-able fields plus PNG bytes of its images (stored for async tasks)."""
+    data = {f.name: getattr(job, f.name) for f in fields(ImageJob) if f.name not in JOB_IMAGES}
+    images = {}
+    for name in JOB_IMAGES:
+        image = getattr(job, name)
+        if image is not None:
+            buf = io.BytesIO()
+            image.save(buf, format="PNG", compress_level=1)  # lossless; fast over small
+            images[name] = buf.getvalue()
+    return data, images
+
+
+def job_from_payload(data: dict[str, Any], images: dict[str, Image.Image]) -> ImageJob:
+    """The inverse of :func:`job_to_payload` (images already decoded)."""
+    known = {f.name for f in fields(ImageJob)} - set(JOB_IMAGES)
+    return ImageJob(**{k: v for k, v in data.items() if k in known}, **images)
 
 
 @dataclass

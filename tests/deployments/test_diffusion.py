@@ -196,9 +196,41 @@ def test_schedulers_on_sdxl_image_tasks(sdxl_model, name, task):
     assert out[0][0].size == (64, 64)
 
 
-def test_karras_and_algorithm_options_run(sd_model):
-    sd_model.generate(job(scheduler="DPMSolverMultistepScheduler", use_karras_sigmas=True, algorithm_type="sde-dpmsolver++"))
-    sd_model.generate(job(scheduler="DPMSolverMultistepScheduler", algorithm_type="dpmsolver"))
+def _scheduler_used(model, **kw):
+    seen = []
+    model.generate(job(scheduler="DPMSolverMultistepScheduler", num_inference_steps=6, **kw),
+                   on_step=lambda step, total: seen.append(model.pipelines.text2img.scheduler))
+    return seen[0]
+
+
+def test_karras_and_algorithm_options_change_the_sampler(sd_model):
+    import torch
+
+    plain = _scheduler_used(sd_model)
+    karras = _scheduler_used(sd_model, use_karras_sigmas=True)
+    assert karras.config.use_karras_sigmas and not plain.config.use_karras_sigmas
+    assert plain.sigmas.shape == karras.sigmas.shape
+    assert not torch.allclose(plain.sigmas, karras.sigmas)  # the noise schedule itself changed
+    assert [round(float(t)) for t in plain.timesteps] != [round(float(t)) for t in karras.timesteps]
+    sde = _scheduler_used(sd_model, algorithm_type="sde-dpmsolver++")
+    assert sde.config.algorithm_type == "sde-dpmsolver++" != plain.config.algorithm_type
+    first = _scheduler_used(sd_model, algorithm_type="dpmsolver")
+    assert first.config.algorithm_type == "dpmsolver"
+
+
+def test_model_refuses_sizes_beyond_its_limit(sd_pipelines):
+    from deployments.diffusion import DiffusionModel
+
+    small = DiffusionModel(sd_pipelines, max_side=64)
+    small.generate(job(height=64, width=64))  # the edge is fine
+    with pytest.raises(InvalidJobError) as info:
+        small.generate(job(height=64, width=128))
+    assert info.value.field == "width" and "at most 64" in info.value.message
+    with pytest.raises(InvalidJobError) as info:  # image-to-image: the input's size is the job's size
+        small.generate(job("img2img", image=input_image((64, 128)), strength=0.5))
+    assert info.value.field == "height"
+    with pytest.raises(InvalidJobError):
+        small.generate(job(batch=9))
 
 
 def test_scheduler_errors_surface_as_invalid_job(sd_model):

@@ -1,26 +1,46 @@
-"""The worker's lease: one claim per attempt, progress, cancellation, outcomes."""
+"""The worker's side of async tasks: one claim per attempt, progress, cancellation, a
+lease that fences itself, per-attempt outputs that only the live attempt publishes,
+and job errors that end the task instead of killing the worker."""
+
+import asyncio
+import threading
+import time
 
 import pytest
+from PIL import Image
 
+from deployments.diffusion import DiffusionFamily
 from deployments.errors import TaskStopped
 from deployments.tasks import TaskLease
-from deployments.types import GeneratedImage, TaskRef
+from deployments.types import GeneratedImage, ImageJob, TaskRef, job_to_payload
 from storage.factory import open_store
 from storage.settings import StorageSettings
 from storage.tasks import TaskRecord, TaskStore, new_task_id
 
+pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture
 def tasks(tmp_path):
-    return TaskStore(open_store(StorageSettings(backend="local", local_root=tmp_path)))
+    return TaskStore(open_store(StorageSettings(backend="local", local_root=tmp_path, signing_secret="s")))
 
 
-def dispatched(tasks, attempt=1, **kw):
+def dispatched(tasks, attempt=1, job=None, **kw):
     tid = new_task_id()
+    data, images = job_to_payload(job) if job is not None else ({}, {})
+    if job is not None:
+        data["request_id"] = tid
     tasks.create(TaskRecord(task_id=tid, tenant="t", app_id="a", route="getTextToImage", family="f", gpu="g", **kw),
-                 {})
-    tasks.update("t", tid, lambda r: setattr(r, "attempts", attempt))
+                 data, images)
+    tasks.update("t", tid, lambda r: (setattr(r, "attempts", attempt), r.hold_lease("dispatch", 60)))
     return tid
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
 
 
 def test_only_one_worker_claims_an_attempt(tasks):
@@ -37,10 +57,12 @@ def test_progress_success_and_settle(tasks):
     tid = dispatched(tasks)
     lease = TaskLease(tasks, TaskRef("t", tid, 1), "w1")
     assert lease.claim()
+    seq = tasks.get("t", tid).lease_seq
     lease.on_step(5, 10)
     lease.renew()
-    assert tasks.get("t", tid).progress == 0.5
-    lease.succeed([GeneratedImage(key="tenants/t/images/x/0.png", seed=7, width=64, height=64)])
+    record = tasks.get("t", tid)
+    assert record.progress == 0.5 and record.lease_seq == seq + 1
+    assert lease.succeed([GeneratedImage(key="tenants/t/images/x/1/0.png", seed=7, width=64, height=64)])
     final = tasks.get("t", tid)
     assert final.status == "SUCCESS" and final.seeds == [7] and final.progress == 1.0
     assert tasks.queued() == []
@@ -73,5 +95,106 @@ def test_superseded_worker_writes_nothing(tasks):
     lease.renew()
     with pytest.raises(TaskStopped):
         lease.check()
-    lease.succeed([])
+    assert not lease.succeed([])
     assert tasks.get("t", tid).status == "PENDING"
+
+
+def test_a_worker_that_cannot_renew_stops_before_its_lease_could_lapse(tasks, monkeypatch):
+    tid = dispatched(tasks)
+    lease = TaskLease(tasks, TaskRef("t", tid, 1, lease_seconds=0.6, renew_seconds=0.05), "w1")
+    assert lease.claim()
+    claimed = time.monotonic()
+    real_update = tasks.update
+
+    def store_down(*args, **kwargs):
+        raise ConnectionError("object store unreachable")
+
+    monkeypatch.setattr(tasks, "update", store_down)
+    lease.start()
+    try:
+        lease.on_step(1, 10)  # fine while the lease is fresh
+        wait_until(lambda: lease.stop_reason == "lost", timeout=5)
+        # It gave up within the fence (0.75 of the lease), before anyone could presume it lost.
+        assert time.monotonic() - claimed < 0.6 + 0.3
+        with pytest.raises(TaskStopped):
+            lease.on_step(2, 10)
+    finally:
+        lease.stop()
+        monkeypatch.setattr(tasks, "update", real_update)
+    assert tasks.get("t", tid).status == "STARTED"  # it wrote nothing; the coordinator retries it
+
+
+# -- the family's run_task ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def family(tiny_models, tmp_path_factory):
+    store = open_store(StorageSettings(backend="local", local_root=tmp_path_factory.mktemp("objects"),
+                                       signing_secret="s"))
+    return DiffusionFamily(str(tiny_models["tiny-sd15"]), store=store, family="sd15", gpu="a10g")
+
+
+def job(**kw) -> ImageJob:
+    return ImageJob(task="text2img", tenant="t", request_id="x", prompt="p", num_inference_steps=2,
+                    height=64, width=64, **kw)
+
+
+def test_run_task_runs_the_job_stored_at_submit_with_per_attempt_outputs(family):
+    src = Image.new("RGB", (64, 64), (10, 200, 30))
+    tid = dispatched(family.tasks, job=ImageJob(task="img2img", tenant="t", request_id="x", prompt="p", image=src,
+                                                num_inference_steps=2, strength=0.5, seed=3, batch=2), attempt=2)
+    assert asyncio.run(family.run_task(TaskRef("t", tid, 2))) == "SUCCESS"
+    record = family.tasks.get("t", tid)
+    assert record.status == "SUCCESS" and record.seeds == [3, 4]
+    assert record.output_keys == [f"tenants/t/images/{tid}/2/0.png", f"tenants/t/images/{tid}/2/1.png"]
+    for key in record.output_keys:
+        assert family.store.get(key).startswith(b"\x89PNG")
+    assert family.tasks.payload(record) is None  # the captured inputs went with the task
+
+
+def test_a_superseded_attempt_cannot_change_a_finished_tasks_outputs(family, monkeypatch):
+    tasks = family.tasks
+    tid = dispatched(tasks, job=job(seed=1))
+    release = threading.Event()
+    real_generate = family.model.generate
+
+    def slow_generate(j, on_step=None):
+        assert release.wait(30)
+        return real_generate(j, on_step=on_step)
+
+    monkeypatch.setattr(family.model, "generate", slow_generate)
+
+    async def scenario():
+        # It renews rarely, so it does not notice before it has written its outputs.
+        first = asyncio.create_task(family.run_task(TaskRef("t", tid, 1, lease_seconds=30, renew_seconds=30)))
+        await asyncio.to_thread(wait_until, lambda: tasks.get("t", tid).status == "STARTED")
+        # Its lease lapses as far as the coordinator can tell: attempt 2 goes out and wins.
+        tasks.update("t", tid, lambda r: (r.move("PENDING", "lost"), setattr(r, "attempts", 2),
+                                          r.hold_lease("dispatch", 60)))
+        second = TaskLease(tasks, TaskRef("t", tid, 2), "w2")
+        assert await asyncio.to_thread(second.claim)
+        winner = GeneratedImage(key=f"tenants/t/images/{tid}/2/0.png", seed=1, width=64, height=64)
+        tasks.store.put(winner.key, b"winner", "image/png")
+        assert await asyncio.to_thread(second.succeed, [winner])
+        release.set()  # now the late attempt finishes its job
+        return await first
+
+    assert asyncio.run(scenario()) == "superseded"
+    final = tasks.get("t", tid)
+    assert final.status == "SUCCESS" and final.output_keys == [f"tenants/t/images/{tid}/2/0.png"]
+    assert tasks.store.get(final.output_keys[0]) == b"winner"
+    assert not tasks.store.exists(f"tenants/t/images/{tid}/1/0.png")  # the late attempt left nothing
+
+
+def test_an_error_the_job_raises_fails_the_task_with_a_reason(family, monkeypatch):
+    tid = dispatched(family.tasks, job=job())
+
+    def broken(j, on_step=None):
+        raise RuntimeError("CUDA error at 0x7f3a11 in /opt/internal/kernel.cu")
+
+    monkeypatch.setattr(family.model, "generate", broken)
+    assert asyncio.run(family.run_task(TaskRef("t", tid, 1))) == "FAILURE"
+    record = family.tasks.get("t", tid)
+    assert record.status == "FAILURE" and record.error == "ModelError"
+    assert "incident" in record.error_data and "0x7f3a11" not in record.error_data
+    assert "RuntimeError" not in record.error_data
