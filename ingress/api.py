@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 import uuid
@@ -19,8 +18,9 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 
 from deployments.types import ImageResult
-from ingress.async_tasks import TaskService
+from ingress.async_tasks import TaskService, body_digest
 from ingress.auth import KeyRing
+from ingress.body import read_json
 from ingress.dispatch import Dispatcher
 from ingress.envelopes import envelope_response, install_handlers
 from ingress.errors import NotFound, ValidationFailed
@@ -36,8 +36,9 @@ from ingress.schemas.generation import (
 from ingress.schemas.tasks import CancelRequest, StatusRequest
 from ingress.settings import IngressSettings
 from ingress.validation import check_for_app, parse
-from ingress.webhooks import check_webhook_url
+from ingress.webhooks import check_webhook_destination
 from storage.base import ObjectNotFound, ObjectStore
+from storage.tasks import new_task_id
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,18 @@ def create_api(studio: Studio) -> FastAPI:
     install_handlers(api)
     limits = studio.fetch_limits
 
+    def body_cap(model: type) -> int:
+        """Routes that take inline images accept bodies up to ``max_image_body_bytes``."""
+        s = studio.settings
+        return s.max_image_body_bytes if issubclass(model, ImageToImageRequest) else s.max_body_bytes
+
     async def generate(route: str, model: type[GenerationRequest], request: Request, authorization: str | None):
         started = time.perf_counter()
         tenant = studio.keys.tenant(authorization)
-        body = await _json(request)
-        req = parse(model, body)
+        req = parse(model, await read_json(request, body_cap(model)))
         app, gpu = check_for_app(route, req, studio.registry)
         if req.celery:
-            return envelope_response(await submit(route, app, gpu, req, body, tenant, request))
+            return envelope_response(await submit(route, app, gpu, req, tenant, request))
         request_id = uuid.uuid4().hex
         job = await build_job(app, req, tenant, request_id, limits)
         result = await studio.dispatcher.run(app.family, gpu, job, studio.settings.sync_timeout_seconds)
@@ -109,17 +114,22 @@ def create_api(studio: Studio) -> FastAPI:
         )
         return envelope_response(env, headers={"X-Studio-Deployment": f"{app.family}-{gpu}"})
 
-    async def submit(route, app, gpu, req, body, tenant, request: Request) -> Envelope:
+    async def submit(route, app, gpu, req, tenant, request: Request) -> Envelope:
+        """Check everything a synchronous call checks, capture the inputs, store the task."""
         if studio.tasks is None:
             raise ValidationFailed("celery: async tasks are not enabled on this deployment; send celery: false")
-        if req.webhook:
-            check_webhook_url(req.webhook, limits)
-            if studio.settings.webhook_secret(tenant) is None:
-                raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise ValidationFailed("Idempotency-Key: allowed: 1..255 characters")
-        return await studio.tasks.submit(route, app, gpu, req, body, redact(req), tenant, key)
+        digest = body_digest(req.model_dump(mode="json", exclude_none=True))
+        if key is not None and (replay := await studio.tasks.replay(tenant, key, digest)) is not None:
+            return replay
+        if req.webhook:
+            if not studio.settings.has_webhook_secret(tenant):
+                raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
+            await check_webhook_destination(req.webhook, limits)
+        job = await build_job(app, req, tenant, new_task_id(), limits)
+        return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
 
     def task_service() -> TaskService:
         if studio.tasks is None:
@@ -130,7 +140,7 @@ def create_api(studio: Studio) -> FastAPI:
               summary="Task status (by id, or by refID)")
     async def get_image(request: Request, authorization: str | None = Header(None)):
         tenant = studio.keys.tenant(authorization)
-        req = parse(StatusRequest, await _json(request))
+        req = parse(StatusRequest, await read_json(request, studio.settings.max_body_bytes))
         return envelope_response(await task_service().status(tenant, req.id, req.refID))
 
     @api.get(f"{PREFIX}/status/{{task_id}}", response_model=Envelope, summary="Task status")
@@ -142,7 +152,7 @@ def create_api(studio: Studio) -> FastAPI:
               summary="Cancel a task: queued never runs, running stops at the next step")
     async def cancel_task(request: Request, authorization: str | None = Header(None)):
         tenant = studio.keys.tenant(authorization)
-        req = parse(CancelRequest, await _json(request))
+        req = parse(CancelRequest, await read_json(request, studio.settings.max_body_bytes))
         return envelope_response(await task_service().cancel(tenant, req.id))
 
     @api.post(f"{PREFIX}/getTextToImage", response_model=Envelope, openapi_extra=_body_doc(TextToImageRequest),
@@ -178,14 +188,6 @@ def create_api(studio: Studio) -> FastAPI:
         return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=300"})
 
     return api
-
-
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else {}
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed("body: not valid JSON") from None
 
 
 async def _outputs(studio: Studio, result: ImageResult) -> tuple[list[str], float | None]:

@@ -15,18 +15,20 @@ import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
+from deployments.types import ImageJob, job_to_payload
 from ingress.errors import NotFound, ValidationFailed
 from ingress.registry import AppConfig, deployment_name
 from ingress.schemas.envelope import Envelope, ImageMeta
 from ingress.schemas.generation import GenerationRequest
+from ingress.settings import IngressSettings
 from storage.base import ObjectStore
-from storage.tasks import TaskRecord, TaskStore, new_task_id
+from storage.tasks import TaskRecord, TaskStore
 
 Kick = Callable[[str, str, str], Awaitable[None]]  # (tenant, task_id, deployment)
 
 
 def body_digest(body: dict[str, Any]) -> str:
-    """A stable hash of a request body (key order does not matter)."""
+    """A stable hash of a (validated) request (key order does not matter)."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -57,11 +59,10 @@ def task_envelope(record: TaskRecord, store: ObjectStore, url_expiry: int) -> En
 class TaskService:
     """What the task routes do; blocking store calls run in threads."""
 
-    def __init__(self, tasks: TaskStore, url_expiry: int, max_attempts: int, retention_seconds: int, kick: Kick):
+    def __init__(self, tasks: TaskStore, url_expiry: int, settings: IngressSettings, kick: Kick):
         self.tasks = tasks
         self.url_expiry = url_expiry
-        self.max_attempts = max_attempts
-        self.retention_seconds = retention_seconds
+        self.settings = settings
         self.kick = kick
         self._kicks: set[asyncio.Task] = set()
         # Finished tasks never change: their envelopes (with URLs) are reused
@@ -70,34 +71,62 @@ class TaskService:
         self._finished_max = 10_000
         self._finished_lock = threading.Lock()
 
+    async def replay(self, tenant: str, idempotency_key: str, digest: str) -> Envelope | None:
+        """The envelope of the task an ``Idempotency-Key`` already made, if any (422 if the
+        key was used with another request)."""
+        bound = await asyncio.to_thread(self.tasks.idempotency_binding, tenant, idempotency_key)
+        if bound is None:
+            return None
+        self._same_body(bound, digest)
+        existing = await asyncio.to_thread(self.tasks.get, tenant, bound["task_id"])
+        if existing is None:
+            return None  # its first submit is still writing it, or died before: submit() finishes it
+        return await asyncio.to_thread(task_envelope, existing, self.tasks.store, self.url_expiry)
+
+    @staticmethod
+    def _same_body(bound: dict[str, Any], digest: str) -> None:
+        if bound.get("body_sha256") != digest:
+            raise ValidationFailed("Idempotency-Key: already used with a different request body; use a new key")
+
+    def _deadline(self, app: AppConfig) -> float:
+        seconds = app.limits.task_deadline_seconds or self.settings.task_deadline_seconds
+        return min(seconds, self.settings.retention_seconds)
+
     async def submit(
-        self, route: str, app: AppConfig, gpu: str, req: GenerationRequest, body: dict[str, Any], echo: dict,
-        tenant: str, idempotency_key: str | None,
+        self, route: str, app: AppConfig, gpu: str, req: GenerationRequest, job: ImageJob, echo: dict,
+        tenant: str, idempotency_key: str | None, digest: str,
     ) -> Envelope:
-        task_id = new_task_id()
+        """Store a task whose job was built (inputs fetched, checked and sized) by the caller.
+
+        Concurrent submits with one ``Idempotency-Key`` all answer with the one task
+        that won the key and its record: never a 5xx, never two tasks."""
+        task_id = job.request_id
         if idempotency_key is not None:
-            digest = body_digest(body)
             bound = await asyncio.to_thread(self.tasks.claim_idempotency_key, tenant, idempotency_key, digest, task_id)
             if bound is not None:
-                if bound["body_sha256"] != digest:
-                    raise ValidationFailed(
-                        "Idempotency-Key: already used with a different request body; use a new key"
-                    )
+                self._same_body(bound, digest)
                 existing = await asyncio.to_thread(self.tasks.get, tenant, bound["task_id"])
                 if existing is not None:
                     return await asyncio.to_thread(task_envelope, existing, self.tasks.store, self.url_expiry)
-                task_id = bound["task_id"]  # the first submit died before writing its record: finish it
+                task_id = job.request_id = bound["task_id"]  # the winner has not written it yet, or died: finish it
         now = time.time()
         record = TaskRecord(
             task_id=task_id, tenant=tenant, app_id=app.app_id, route=route, family=app.family, gpu=gpu,
-            reference_id=req.reference_id, input=echo, max_attempts=self.max_attempts,
-            webhook=bool(req.webhook), track_id=req.track_id, created_at=now, expires_at=now + self.retention_seconds,
+            reference_id=req.reference_id, input=echo, max_attempts=self.settings.task_max_attempts,
+            webhook=bool(req.webhook), track_id=req.track_id, created_at=now,
+            deadline_at=now + self._deadline(app), expires_at=now + self.settings.retention_seconds,
         )
-        await asyncio.to_thread(self.tasks.create, record, body)
-        kick = asyncio.create_task(self.kick(tenant, task_id, deployment_name(app.family, gpu)))
-        self._kicks.add(kick)
-        kick.add_done_callback(self._kicks.discard)
-        return task_envelope(record, self.tasks.store, self.url_expiry)
+
+        def store() -> tuple[TaskRecord, bool]:
+            data, images = job_to_payload(job)
+            return self.tasks.create(record, data, images, webhook=req.webhook)
+
+        stored, created = await asyncio.to_thread(store)
+        if created:
+            kick = asyncio.create_task(self.kick(tenant, task_id, deployment_name(app.family, gpu)))
+            self._kicks.add(kick)
+            kick.add_done_callback(self._kicks.discard)
+        return task_envelope(stored, self.tasks.store, self.url_expiry)
 
     def _lookup(self, tenant: str, task_id: str | None, reference_id: str | None) -> TaskRecord:
         if task_id is None and reference_id is not None:

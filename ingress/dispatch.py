@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from deployments.errors import InvalidJobError, ModelError
+from deployments.errors import InvalidJobError, ModelError, new_incident
 from deployments.types import ImageJob, ImageResult
 from ingress.errors import ModelFailure, Overloaded, Timeout, ValidationFailed
 from ingress.registry import deployment_name
@@ -28,7 +28,7 @@ def _job_error(exc: BaseException) -> Exception | None:
     if isinstance(exc, InvalidJobError):
         return ValidationFailed(f"{exc.field}: {exc.message}")
     if isinstance(exc, ModelError):
-        return ModelFailure(f"the model failed: {exc}")
+        return ModelFailure(exc.public)  # the detail is in the family's log under the incident
     return None
 
 
@@ -58,8 +58,9 @@ class ServeDispatcher:
             mapped = _job_error(exc.cause) if exc.cause is not None else None
             if mapped is not None:
                 raise mapped from None
-            log.exception("family deployment %s failed", name)
-            raise ModelFailure(f"{name} failed while running the job") from None
+            incident = new_incident()
+            log.exception("family deployment %s failed (incident %s)", name, incident)
+            raise ModelFailure(f"{name} failed while running the job (incident {incident})") from None
         except (ray_errors.ActorDiedError, ray_errors.ActorUnavailableError, ray_errors.RayActorError):
             raise Overloaded(f"a {name} replica stopped while running the job; retry", self._retry_after) from None
 

@@ -68,3 +68,10 @@ class ModelFailure(StudioError):
 class Timeout(StudioError):
     error_type = "Timeout"
     status_code = 504
+
+
+class PayloadTooLarge(StudioError):
+    """The request body is larger than the route accepts."""
+
+    error_type = "PayloadTooLarge"
+    status_code = 413

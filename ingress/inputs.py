@@ -57,19 +57,28 @@ import binascii
 import functools
 import io
 import ipaddress
+import logging
 import re
+import socket
 import ssl
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
-from ssrfguard import Policy, SSRFGuardError, TooManyRedirectsError
+from ssrfguard import BlockedAddressError, BlockedURLError, Policy, SSRFGuardError, TooManyRedirectsError
 from ssrfguard.httpx import AsyncClient
 
 from ingress.errors import InputFetchError
 
-__all__ = ["FetchLimits", "check_url", "fit_image", "is_forbidden_address", "load_image"]
+__all__ = ["FetchLimits", "check_destination", "check_url", "is_forbidden_address", "load_image"]
+
+log = logging.getLogger(__name__)
+
+#: What a client is told when a name resolves to an address we refuse. Never the address:
+#: a tenant could otherwise map internal DNS names by submitting them.
+REFUSED_ADDRESS = "URL refused: its host resolves to an address that is not publicly routable"
 
 MIB = 1024 * 1024
 
@@ -196,36 +205,6 @@ async def load_image(value: str, field: str, limits: FetchLimits) -> Image.Image
     return await asyncio.to_thread(_decode_image, data, field, limits)
 
 
-def fit_image(img: Image.Image, max_side: int = 1536, multiple: int = 64) -> Image.Image:
-    """Fit an image to the sizes diffusion models accept.
-
-    If either side exceeds ``max_side``, the image is first scaled down (keeping its aspect
-    ratio) to fit within ``max_side`` x ``max_side``. Then, in all cases, each side is rounded
-    DOWN to a multiple of ``multiple`` (with a minimum of ``multiple``, so a side shorter than
-    ``multiple`` is enlarged to it). Resizing uses LANCZOS. An image already satisfying both
-    rules is returned unchanged (the same object).
-
-    Examples: 3000x1000 -> 1536x512; 700x500 -> 640x448; 64x64 -> 64x64.
-    """
-    if multiple < 1:
-        raise ValueError("multiple must be at least 1")
-    if max_side < multiple:
-        raise ValueError("max_side must be at least multiple")
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise ValueError("image has no pixels")
-    longest = max(width, height)
-    if longest > max_side:
-        scale = max_side / longest
-        width = min(max_side, max(1, round(width * scale)))
-        height = min(max_side, max(1, round(height * scale)))
-    width = max(multiple, (width // multiple) * multiple)
-    height = max(multiple, (height // multiple) * multiple)
-    if (width, height) == img.size:
-        return img
-    return img.resize((width, height), Image.Resampling.LANCZOS)
-
-
 # ---------------------------------------------------------------------------------------------
 # URL checks that need no I/O
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +272,30 @@ def check_url(url: str, field: str, limits: FetchLimits) -> None:
     try:
         _policy_for(limits).check_url(str(parsed))
     except SSRFGuardError as exc:
-        raise InputFetchError(field, f"URL refused: {_reason(exc)}") from None
+        raise _refusal(field, exc) from None
+
+
+async def check_destination(url: str, field: str, limits: FetchLimits) -> None:
+    """:func:`check_url`, then resolve the host once and refuse it if any address it
+    resolves to is forbidden: what a fetch would refuse, without connecting (used for
+    webhook URLs at submit; delivery checks again)."""
+    check_url(url, field, limits)
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    resolve = _resolver or socket.getaddrinfo
+    try:
+        async with asyncio.timeout(limits.connect_timeout_seconds):
+            answers = await asyncio.to_thread(resolve, parsed.host, port, 0, socket.SOCK_STREAM)
+    except TimeoutError:
+        raise InputFetchError(field, "URL host name did not resolve in time") from None
+    except OSError:
+        raise InputFetchError(field, "URL host name does not resolve") from None
+    policy = _policy_for(limits)
+    for answer in answers:
+        address = ipaddress.ip_address(str(answer[4][0]).split("%")[0])
+        if not policy.permits_address(address):
+            _log_detail(field, f"{parsed.host} resolves to {address}")
+            raise InputFetchError(field, REFUSED_ADDRESS)
 
 
 def _check_host_shape(host: str, field: str, limits: FetchLimits) -> None:
@@ -313,9 +315,25 @@ def _check_host_shape(host: str, field: str, limits: FetchLimits) -> None:
         raise InputFetchError(field, f"URL host {host!r} is a loopback name")
 
 
-def _reason(exc: BaseException) -> str:
-    # ssrfguard's messages name the refused value (URL or address) and the rule that refused it.
-    return _clip(str(exc))
+def _refusal(field: str, exc: SSRFGuardError) -> InputFetchError:
+    """The client's side of an ssrfguard refusal: what was refused and why, never an address
+    that a name resolved to (the detail goes to the log under an incident id)."""
+    if isinstance(exc, BlockedURLError):  # about the URL as the client wrote it
+        return InputFetchError(field, f"URL refused: {_clip(exc.reason)}")
+    if isinstance(exc, TooManyRedirectsError):
+        return InputFetchError(field, "URL redirected too many times")
+    incident = _log_detail(field, str(exc))
+    if isinstance(exc, BlockedAddressError):
+        return InputFetchError(field, f"{REFUSED_ADDRESS} (incident {incident})")
+    return InputFetchError(field, f"URL refused (incident {incident})")
+
+
+def _log_detail(field: str, detail: str) -> str:
+    """Log what the client is not told; return the incident id that ties the two."""
+    incident = uuid.uuid4().hex[:12]
+    log.info("input %s refused (incident %s): %s", field, incident, _clip(detail),
+             extra={"field": field, "incident": incident})
+    return incident
 
 
 def _clip(text: str, limit: int = 300) -> str:
@@ -359,17 +377,15 @@ async def _fetch_url(url: str, field: str, limits: FetchLimits) -> bytes:
             field, f"URL redirected more than {limits.max_redirects} times"
         ) from None
     except SSRFGuardError as exc:
-        raise InputFetchError(field, f"URL refused: {_reason(exc)}") from None
+        raise _refusal(field, exc) from None
     except httpx.TimeoutException:
         raise InputFetchError(field, "timed out fetching the URL") from None
-    except httpx.HTTPError as exc:
-        raise InputFetchError(
-            field, f"could not fetch the URL ({type(exc).__name__}: {_clip(str(exc))})"
-        ) from None
-    except (httpx.InvalidURL, httpx.StreamError, OSError, ValueError, UnicodeError) as exc:
-        raise InputFetchError(
-            field, f"could not fetch the URL ({type(exc).__name__}: {_clip(str(exc))})"
-        ) from None
+    except (httpx.ConnectError, ConnectionError, socket.gaierror) as exc:
+        incident = _log_detail(field, f"{type(exc).__name__}: {exc}")
+        raise InputFetchError(field, f"could not connect to the URL's host (incident {incident})") from None
+    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError, UnicodeError) as exc:
+        incident = _log_detail(field, f"{type(exc).__name__}: {exc}")
+        raise InputFetchError(field, f"could not fetch the URL (incident {incident})") from None
 
 
 async def _fetch_following_redirects(
@@ -515,8 +531,8 @@ def _decode_image(data: bytes, field: str, limits: FetchLimits) -> Image.Image:
         raise InputFetchError(field, f"image has more than {limits.max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise InputFetchError(field, f"is not an image in an allowed format ({allowed})") from None
-    except Exception as exc:  # noqa: BLE001 - malformed header of any kind is bad input
-        raise InputFetchError(field, f"image could not be read ({type(exc).__name__})") from None
+    except Exception:  # noqa: BLE001 - malformed header of any kind is bad input
+        raise InputFetchError(field, "image could not be read: its header is malformed") from None
     try:
         # Pillow reports multi-picture JPEGs (most phone photos) as MPO; they are JPEGs.
         image_format = "JPEG" if img.format == "MPO" else img.format
@@ -541,10 +557,8 @@ def _decode_image(data: bytes, field: str, limits: FetchLimits) -> Image.Image:
             raise InputFetchError(
                 field, f"image has more than {limits.max_pixels} pixels"
             ) from None
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt data of any kind
-            raise InputFetchError(
-                field, f"image data is corrupt or truncated ({type(exc).__name__})"
-            ) from None
+        except Exception:  # noqa: BLE001 - truncated/corrupt data of any kind
+            raise InputFetchError(field, "image data is corrupt or truncated") from None
     finally:
         img.close()
 

@@ -50,6 +50,10 @@ class AppLimits(_Strict):
     width: Range = Range(min=256, max=1536)
     batch_max: int = Field(8, ge=1, le=8)
     steps_max: int = Field(50, ge=1, le=50)
+    task_deadline_seconds: float | None = Field(
+        None, ge=1, description="Async tasks of this app fail with Timeout this long after submit "
+        "(default: STUDIO_TASK_DEADLINE_SECONDS).",
+    )
 
 
 class AppDefaults(_Strict):
@@ -128,6 +132,9 @@ class FamilyConfig(_Strict):
 
     kind: Literal["diffusion"] = "diffusion"
     model: ModelSource
+    max_side: int = Field(
+        1536, ge=64, le=8192, description="Largest image side the family's replicas accept (checked again there)."
+    )
     deployment: DeploymentOptions = DeploymentOptions()
     #: Per-GPU-type overrides of ``deployment`` (e.g. more replicas on a100).
     per_gpu: dict[GpuType, DeploymentOptions] = Field(default_factory=dict)
@@ -208,6 +215,9 @@ class ServiceConfig(_Strict):
             seen.add(app.app_id)
             if app.family not in self.families:
                 raise ValueError(f"app {app.app_id}: unknown family {app.family!r}")
+            side = self.families[app.family].max_side
+            if max(app.limits.height.max, app.limits.width.max) > side:
+                raise ValueError(f"app {app.app_id}: its size limits exceed family {app.family}'s max_side {side}")
             for gpu in app.inference_types:
                 if gpu not in self.gpu_pools:
                     raise ValueError(f"app {app.app_id}: GPU type {gpu!r} has no gpu_pools entry")

@@ -51,11 +51,12 @@ from ssrfguard import SSRFGuardError
 from standardwebhooks import Webhook
 
 from ingress.errors import InputFetchError
-from ingress.inputs import FetchLimits, check_url, guarded_async_client
+from ingress.inputs import REFUSED_ADDRESS, FetchLimits, check_destination, check_url, guarded_async_client
 
 __all__ = [
     "DeliveryResult",
     "WebhookPolicy",
+    "check_webhook_destination",
     "check_webhook_url",
     "deliver",
     "new_message_id",
@@ -251,6 +252,17 @@ def check_webhook_url(url: str, limits: FetchLimits) -> None:
     check_url(url.strip(), FIELD, limits)
 
 
+async def check_webhook_destination(url: str, limits: FetchLimits) -> None:
+    """Submit-time validation of a webhook URL: :func:`check_webhook_url`, and its host
+    resolved once with every address checked (no connection). Delivery checks again.
+
+    Raises:
+        InputFetchError: naming the ``webhook`` field.
+    """
+    check_webhook_url(url, limits)
+    await check_destination(url.strip(), FIELD, limits)
+
+
 async def deliver(
     url: str,
     body: bytes,
@@ -319,8 +331,8 @@ async def _attempt(
                     excerpt = await _read_capped(response, policy.max_response_bytes)
     except TimeoutError:
         return DeliveryResult(False, None, f"timed out after {timeout:g} s", retryable=True)
-    except SSRFGuardError as exc:
-        return DeliveryResult(False, None, f"refused: {_clip(str(exc))}", retryable=False)
+    except SSRFGuardError:
+        return DeliveryResult(False, None, f"refused: {REFUSED_ADDRESS}", retryable=False)
     except httpx.TimeoutException:
         return DeliveryResult(False, None, f"timed out after {timeout:g} s", retryable=True)
     except (httpx.HTTPError, httpx.StreamError, OSError) as exc:

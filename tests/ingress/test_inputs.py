@@ -1,4 +1,4 @@
-"""Tests for ingress.inputs: SSRF-guarded image loading and fit_image.
+"""Tests for ingress.inputs: SSRF-guarded image loading.
 
 Real HTTP(S) servers run on 127.0.0.1 (threads, ephemeral ports). No test sends a packet to a
 non-loopback address or a DNS server: an autouse fixture replaces the resolver handed to the
@@ -32,8 +32,8 @@ from ingress import inputs
 from ingress.errors import InputFetchError
 from ingress.inputs import (
     FetchLimits,
+    check_destination,
     check_url,
-    fit_image,
     is_forbidden_address,
     load_image,
 )
@@ -404,9 +404,25 @@ def test_name_resolving_to_private_address_is_refused_before_connecting(resolver
     resolver.table["internal.test"] = ["10.1.2.3"]
     resolver.table["mixed.test"] = ["127.0.0.1", "10.1.2.3"]
     resolver.table["mapped.test"] = ["::ffff:127.0.0.1"]
-    assert "10.1.2.3" in refused("http://internal.test/a.png", LOOP)
-    refused("http://mixed.test/a.png", LOOP)  # any forbidden answer refuses the whole name
-    refused("http://mapped.test/a.png", LOOP)
+    message = refused("http://internal.test/a.png", LOOP)
+    # What was refused and why, never where the name points (a tenant could map internal DNS).
+    assert "not publicly routable" in message and "incident" in message
+    assert "10.1.2.3" not in message and "private" not in message
+    for name in ("mixed.test", "mapped.test"):  # any forbidden answer refuses the whole name
+        message = refused(f"http://{name}/a.png", LOOP)
+        assert "127.0.0.1" not in message and "10.1.2.3" not in message
+    assert connections == []
+
+
+def test_check_destination_resolves_once_without_connecting(resolver, connections):
+    resolver.table["internal.test"] = ["10.1.2.3"]
+    resolver.table["public.test"] = ["93.184.216.34"]
+    with pytest.raises(InputFetchError) as info:
+        run(check_destination("https://internal.test/hook", "webhook", FetchLimits()))
+    assert "not publicly routable" in info.value.message and "10.1.2.3" not in info.value.message
+    with pytest.raises(InputFetchError, match="does not resolve"):
+        run(check_destination("https://nowhere.test/hook", "webhook", FetchLimits()))
+    run(check_destination("https://public.test/hook", "webhook", FetchLimits()))
     assert connections == []
 
 
@@ -547,7 +563,7 @@ def test_connects_to_checked_address_not_a_second_lookup(server, resolver, conne
     resolver.table["localhost"] = ["127.0.0.2"]
     before = len(server.seen)
     message = refused(server.url("/png", host="localhost"), LOOP)
-    assert "could not fetch" in message
+    assert "could not connect" in message and "127.0.0.2" not in message and "Errno" not in message
     assert connections and set(connections) == {"127.0.0.2"}
     assert resolver.calls == ["localhost"]
     assert len(server.seen) == before
@@ -737,30 +753,3 @@ def test_palette_and_alpha_become_rgb():
     buf = io.BytesIO()
     Image.new("P", (16, 16)).save(buf, "PNG", transparency=0)
     assert run(load_image(base64.b64encode(buf.getvalue()).decode(), "f", FetchLimits())).mode == "RGB"
-
-
-# ---------------------------------------------------------------------------------------------
-# fit_image
-# ---------------------------------------------------------------------------------------------
-
-
-def test_fit_image_wide():
-    out = fit_image(Image.new("RGB", (3000, 1000)))
-    w, h = out.size
-    assert max(w, h) <= 1536 and w % 64 == 0 and h % 64 == 0
-    assert abs(w / h - 3.0) < 0.2
-    assert out.size == (1536, 512)
-
-
-def test_fit_image_rounds_down():
-    assert fit_image(Image.new("RGB", (700, 500))).size == (640, 448)
-
-
-def test_fit_image_keeps_small_exact():
-    img = Image.new("RGB", (64, 64))
-    assert fit_image(img).size == (64, 64)
-
-
-def test_fit_image_minimum_and_tall():
-    assert fit_image(Image.new("RGB", (10, 3000))).size == (64, 1536)
-    assert fit_image(Image.new("RGB", (1000, 4000)), max_side=1024, multiple=8).size == (256, 1024)

@@ -2,10 +2,12 @@ import asyncio
 import base64
 import io
 
+import pytest
 from PIL import Image
 
+from ingress.errors import ValidationFailed
 from ingress.inputs import FetchLimits
-from ingress.jobs import build_job, redact
+from ingress.jobs import build_job, redact, webhook_fingerprint
 from ingress.registry import AppConfig
 from ingress.schemas.generation import ImageToImageRequest, TextToImageRequest
 
@@ -43,3 +45,47 @@ def test_image_job_fits_large_inputs_and_honours_explicit_size():
     job = asyncio.run(build_job(APP, ImageToImageRequest(app_id="ap-x", image=_b64((300, 200)), width=512,
                                                          height=256), "t", "r", FetchLimits()))
     assert job.image.size == (512, 256)
+
+
+SDXL = AppConfig(app_id="ap-xl", name="xl", family="f", task="img2img", inference_types=["a10g"],
+                 limits={"height": {"min": 512, "max": 1536}, "width": {"min": 512, "max": 1536}})
+
+
+def _job(app, size, **kw):
+    return asyncio.run(build_job(app, ImageToImageRequest(app_id=app.app_id, image=_b64(size), **kw), "t", "r",
+                                 FetchLimits()))
+
+
+def test_one_side_given_derives_the_other_within_the_apps_range():
+    job = _job(APP, (300, 200), width=768)
+    assert job.image.size == (768, 512)
+
+
+def test_one_side_given_whose_derived_side_is_out_of_range_is_a_422_naming_it():
+    with pytest.raises(ValidationFailed) as info:
+        _job(APP, (6000, 100), height=1536)  # would be 92160 wide
+    message = info.value.message
+    assert message.startswith("width:") and "92160" in message and "allowed: 256..1536" in message
+    with pytest.raises(ValidationFailed) as info:
+        _job(APP, (6000, 100), width=512)  # would be 64 high
+    assert info.value.message.startswith("height:") and "allowed: 256..1536" in info.value.message
+
+
+def test_without_sizes_the_input_is_fitted_inside_the_apps_ranges():
+    assert _job(APP, (200, 200)).image.size == (256, 256)  # scaled up to the minimum
+    assert _job(SDXL, (600, 600)).image.size == (576, 576)  # rounded down to a multiple of 64
+    assert _job(SDXL, (400, 300)).image.size == (640, 512)  # up, aspect kept
+    assert _job(APP, (1536, 256)).image.size == (1536, 256)  # 6:1 is the most 256..1536 can keep
+    with pytest.raises(ValidationFailed) as info:
+        _job(APP, (6000, 100))
+    assert info.value.message.startswith("image:") and "width 256..1536, height 256..1536" in info.value.message
+
+
+def test_redact_replaces_webhook_urls_entirely_and_drops_user_info():
+    secret_url = "https://hooks.example.com/T0/B1/very-secret-token"
+    echo = redact(ImageToImageRequest(app_id="ap-x", webhook=secret_url,
+                                      image="https://user:pw@h.example/a.png?token=abc&w=2"))
+    assert echo["webhook"] == webhook_fingerprint(secret_url)
+    assert echo["webhook"].startswith("redacted:sha256:") and "secret" not in echo["webhook"]
+    assert webhook_fingerprint(secret_url) != webhook_fingerprint(secret_url + "x")
+    assert echo["image"] == "https://h.example/a.png?token=REDACTED&w=2"

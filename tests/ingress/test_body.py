@@ -1,0 +1,85 @@
+"""Request bodies: capped in bytes while streaming, nesting bounded, every failure a 4xx envelope."""
+
+import json
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from ingress.body import MAX_DEPTH, parse_json, read_json
+from ingress.envelopes import install_handlers
+from ingress.errors import ValidationFailed
+
+CAP = 4096
+
+
+@pytest.fixture
+def client():
+    api = FastAPI()
+    install_handlers(api)
+    seen = {}
+
+    @api.post("/echo")
+    async def echo(request: Request):
+        body = await read_json(request, CAP)
+        seen["bytes"] = len(json.dumps(body))
+        return {"ok": True}
+
+    with TestClient(api, raise_server_exceptions=False) as c:
+        c.seen = seen
+        yield c
+
+
+def test_a_body_at_the_cap_is_read_and_one_byte_more_is_413(client):
+    body = json.dumps({"prompt": "x" * (CAP - 14)}).encode()
+    assert len(body) == CAP
+    assert client.post("/echo", content=body).status_code == 200
+    r = client.post("/echo", content=body + b" ")
+    assert r.status_code == 413
+    env = r.json()
+    assert env["error"] == "PayloadTooLarge" and f"at most {CAP} bytes" in env["error_data"]
+
+
+def test_a_chunked_body_is_refused_while_it_streams(client):
+    sent = []
+
+    def chunks():
+        for _ in range(1000):  # 1 MB if it were all read
+            sent.append(1)
+            yield b"[" * 1024
+
+    r = client.post("/echo", content=chunks())
+    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
+
+
+def test_deep_nesting_is_a_422_not_a_500(client):
+    deep = b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    api = FastAPI()
+    install_handlers(api)
+
+    @api.post("/big")
+    async def big(request: Request):
+        return await read_json(request, len(deep) + 1)
+
+    with TestClient(api, raise_server_exceptions=False) as c:
+        r = c.post("/big", content=deep)
+    assert r.status_code == 422 and r.json()["error"] == "ValidationError"
+    assert f"at most {MAX_DEPTH} levels" in r.json()["error_data"]
+
+
+def test_nesting_at_the_limit_parses_and_one_more_level_does_not():
+    assert parse_json(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) is not None
+    with pytest.raises(ValidationFailed):
+        parse_json(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
+    with pytest.raises(ValidationFailed):
+        parse_json(b'{"a": {"b": ' + b"{" * MAX_DEPTH + b"}" * MAX_DEPTH + b"}}")
+
+
+@pytest.mark.parametrize("raw", [b"{", b"\xff\xfe", b'{"a": NaN', b"[1,]"])
+def test_malformed_json_is_a_422(client, raw):
+    r = client.post("/echo", content=raw)
+    assert r.status_code == 422 and r.json()["error_data"] == "body: not valid JSON"
+
+
+def test_empty_body_is_an_empty_object():
+    assert parse_json(b"  ") == {}
