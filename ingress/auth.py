@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from ingress.errors import Unauthorized
+from storage.keys import validate_tenant
 
 log = logging.getLogger(__name__)
 
@@ -18,22 +19,37 @@ def _digest(key: str) -> bytes:
 
 
 class KeyRing:
-    """Holds SHA-256 digests of the configured keys, never the keys themselves."""
+    """Holds SHA-256 digests of the configured keys, never the keys themselves.
 
-    def __init__(self, keys: dict[str, str]):
-        self._tenants = {_digest(k): tenant for k, tenant in keys.items() if k}
-        for tenant in self._tenants.values():
-            if not tenant or "/" in tenant or not tenant.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"tenant names must be [A-Za-z0-9_-]+, got {tenant!r}")
+    Tenant names follow the storage key rule (:func:`storage.keys.validate_tenant`);
+    a name that breaks it fails here, at start-up, naming the rule.
+    """
+
+    def __init__(self, keys: dict[str, str] | None = None, digests: dict[str, str] | None = None):
+        tenants = {_digest(k): tenant for k, tenant in (keys or {}).items() if k}
+        for hexdigest, tenant in (digests or {}).items():
+            try:
+                tenants[bytes.fromhex(hexdigest)] = tenant
+            except ValueError:
+                raise ValueError(f"API key digests: {hexdigest[:8]}... is not a SHA-256 hex digest") from None
+        for tenant in tenants.values():
+            try:
+                validate_tenant(tenant)
+            except ValueError as exc:
+                raise ValueError(f"API keys: {exc}") from None
+        self._tenants = tenants
 
     @classmethod
-    def load(cls, keys: dict[str, str], keys_file: Path | None) -> "KeyRing":
+    def load(
+        cls, keys: dict[str, str], keys_file: Path | None, digests: dict[str, str] | None = None
+    ) -> "KeyRing":
         merged = dict(keys)
         if keys_file is not None:
             merged.update(json.loads(Path(keys_file).read_text()))
-        if not merged:
+        ring = cls(merged, digests)
+        if not ring:
             log.warning("no API keys configured: every request will be refused with 401")
-        return cls(merged)
+        return ring
 
     def __len__(self) -> int:
         return len(self._tenants)

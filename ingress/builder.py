@@ -3,7 +3,8 @@
 The builder validates ``args`` into :class:`ServiceConfig`, binds one family
 deployment per (family, GPU type) that an app uses, pinned to its GPU type by a
 custom resource, the one-replica task coordinator, and the ingress with their
-handles.
+handles. Each deployment gets its share of the secrets (:mod:`ingress.secrets`)
+in its own ``runtime_env``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ from deployments.diffusion import DiffusionFamily
 from ingress.coordinator import TaskCoordinator
 from ingress.deployment import StudioIngress
 from ingress.registry import ServiceConfig, deployment_name
+from ingress.secrets import Secrets
 
 FAMILY_CLASSES = {"diffusion": DiffusionFamily}
 
 
-def family_deployments(config: ServiceConfig) -> dict[str, Application]:
+def _with_env(actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    return {**actor_options, "runtime_env": {"env_vars": env}} if env else actor_options
+
+
+def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) -> dict[str, Application]:
     """One bound family deployment per (family, GPU type), keyed by deployment name."""
+    secrets = secrets if secrets is not None else Secrets.read()
     models_dir = config.models_path()
     bound: dict[str, Application] = {}
     for family_name, gpu in config.deployment_keys():
@@ -32,7 +39,7 @@ def family_deployments(config: ServiceConfig) -> dict[str, Application]:
         deployment = serve.deployment(
             FAMILY_CLASSES[family.kind],
             name=name,
-            ray_actor_options=config.gpu_pools[gpu].actor_options(),
+            ray_actor_options=_with_env(config.gpu_pools[gpu].actor_options(), secrets.for_family()),
             **options,
         )
         bound[name] = deployment.bind(
@@ -41,26 +48,29 @@ def family_deployments(config: ServiceConfig) -> dict[str, Application]:
             dtype=family.model.dtype,
             family=family_name,
             gpu=gpu,
+            max_side=family.max_side,
         )
     return bound
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Serve's application builder: ``args`` is the registry from serve_config.yaml."""
+def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Application:
+    """Serve's application builder: ``args`` is the registry from serve_config.yaml;
+    ``secrets`` default to this process's environment (see :mod:`ingress.secrets`)."""
     config = ServiceConfig.model_validate(args)
-    families = family_deployments(config)
+    secrets = secrets if secrets is not None else Secrets.read()
+    families = family_deployments(config, secrets)
     coordinator = serve.deployment(
         TaskCoordinator,
         name="tasks",
         num_replicas=1,
         max_ongoing_requests=1000,
         health_check_period_s=2,
-        ray_actor_options={"num_cpus": 0},
-    ).bind(config.model_dump(mode="json"), families)
+        ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_coordinator()),
+    ).bind(families)
     ingress = serve.deployment(
         serve.ingress()(StudioIngress),
         name="ingress",
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_ingress()),
         **config.ingress.serve_options(),
     )
     return ingress.bind(config.model_dump(mode="json"), families, coordinator)

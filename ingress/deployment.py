@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from deployments.replica_net import bind_replica_grpc_to_node_ip
 from ingress.api import Studio, create_api
 from ingress.async_tasks import TaskService
 from ingress.auth import KeyRing
@@ -22,6 +23,7 @@ class StudioIngress:
     """Plain class; ``ingress.builder`` wraps it with ``serve.ingress`` and binds it."""
 
     def __init__(self, config: dict[str, Any], handles: dict[str, Any], coordinator: Any = None):
+        bind_replica_grpc_to_node_ip()
         settings = IngressSettings()
         storage = StorageSettings()
         store = open_store(storage)
@@ -34,13 +36,10 @@ class StudioIngress:
                 except Exception:  # the coordinator's next scan finds the task anyway
                     log.warning("could not kick the coordinator for %s", task_id, exc_info=True)
 
-            tasks = TaskService(
-                TaskStore(store), storage.url_expiry_seconds, settings.task_max_attempts,
-                settings.retention_seconds, kick,
-            )
+            tasks = TaskService(TaskStore(store), storage.url_expiry_seconds, settings, kick)
         self.studio = Studio(
             registry=Registry(ServiceConfig.model_validate(config)),
-            keys=KeyRing.load(settings.api_keys, settings.api_keys_file),
+            keys=KeyRing.load(settings.api_keys, settings.api_keys_file, settings.api_key_digests),
             dispatcher=ServeDispatcher(handles, settings.retry_after_seconds),
             store=store,
             settings=settings,

@@ -67,11 +67,10 @@ def dev_webhook_secret(data_dir: Path) -> Path:
 
 
 def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: Path) -> dict[str, str]:
-    """Environment of every replica: the config's runtime_env plus local defaults.
-
-    Values already set in this process's environment (e.g. S3 settings or keys)
-    win over the local defaults.
-    """
+    """Environment of the launcher and, minus the secrets, of every replica: the config's
+    runtime_env plus local defaults. Values already set in this process's environment
+    (e.g. S3 settings or keys) win over the local defaults; without configured API keys
+    or webhook secrets, the development ones in ``data_dir`` are used."""
     env = {k: str(v) for k, v in (app.get("runtime_env", {}).get("env_vars") or {}).items()}
     defaults = {
         "STUDIO_MODELS_DIR": str(models_dir),
@@ -90,8 +89,7 @@ def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: P
 
 def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: bool, name: str = "studio") -> None:
     """Start Ray, deploy the app, print how to call it, and serve until stopped."""
-    import ray
-    from ray import serve
+    from ingress.secrets import SECRET_VARS, Secrets
 
     app = load_app_config(config_path, name)
     # Ray Serve's throughput mode (bench/overhead.py: half the added latency).
@@ -99,16 +97,31 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     env = service_env(app, port=port, models_dir=models_dir, data_dir=data_dir)
     os.environ.update(env)
+    try:
+        # Ray's workers inherit this process's environment: the secrets leave it here,
+        # and reach only the deployments that need them (ingress/secrets.py).
+        found = Secrets.take(os.environ)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    shared_env = {k: v for k, v in env.items() if k not in SECRET_VARS}
     if tiny:
         from deployments.tiny import make_tiny_models
 
         make_tiny_models(models_dir)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Token authentication on every Ray port, whatever this Ray version's default (Ray reads
+    # it when it is imported, so it is set first).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] != "token":
+        log.warning("RAY_AUTH_MODE=%s: Ray's ports accept unauthenticated calls", os.environ["RAY_AUTH_MODE"])
+    import ray
+    from ray import serve
+
     ray.init(
         num_cpus=int(os.environ.get("STUDIO_RAY_NUM_CPUS", os.cpu_count() or 2)),
         resources=EMULATED_GPUS,
         include_dashboard=False,
-        runtime_env={"env_vars": env},
+        runtime_env={"env_vars": shared_env},
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
         log_to_driver=os.environ.get("STUDIO_LOG_TO_DRIVER", "0") == "1",
@@ -120,14 +133,14 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     def deploy() -> None:
         current = load_app_config(config_path, name)
         serve.run(
-            build_app(current["args"]),
+            build_app(current["args"], secrets=found),
             name=name,
             route_prefix=current.get("route_prefix", "/"),
             logging_config=current.get("logging_config"),
         )
 
     deploy()
-    print_ready(port, env)
+    print_ready(port, found, data_dir)
     stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -145,18 +158,22 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     ray.shutdown()
 
 
-def print_ready(port: int, env: dict[str, str]) -> None:
+def print_ready(port: int, found: Any, data_dir: Path) -> None:
+    """Say how to call the service. Secrets are printed only when they are the development
+    ones this launcher generated in ``data_dir``, never a configured key or secret."""
+    from ingress.secrets import API_KEYS, API_KEYS_FILE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE
+
     base = f"http://127.0.0.1:{port}/api/v1/studio"
     key = "<your key>"
-    keys_file = env.get("STUDIO_API_KEYS_FILE")
-    if keys_file and Path(keys_file).exists():
-        key = next(iter(json.loads(Path(keys_file).read_text())))
+    dev_keys_file, dev_secret_file = data_dir / "dev-api-keys.json", data_dir / "dev-webhook-secrets.json"
+    if API_KEYS not in found.env and found.env.get(API_KEYS_FILE) == str(dev_keys_file):
+        key = next(iter(json.loads(dev_keys_file.read_text())))
     print(f"READY {base}", flush=True)
     print("Studio API is up (tiny random-weight models: images are noise).")
-    print(f"API key (tenant dev): {key}")
-    secrets_file = env.get("STUDIO_WEBHOOK_SECRETS_FILE")
-    if secrets_file and Path(secrets_file).exists():
-        print(f"Webhook signing secret (tenant dev): {json.loads(Path(secrets_file).read_text()).get('dev')}")
+    if key != "<your key>":
+        print(f"Development API key (tenant dev): {key}")
+    if WEBHOOK_SECRETS not in found.env and found.env.get(WEBHOOK_SECRETS_FILE) == str(dev_secret_file):
+        print(f"Development webhook signing secret (tenant dev): {json.loads(dev_secret_file.read_text()).get('dev')}")
     print(f"OpenAPI docs: http://127.0.0.1:{port}/docs")
     print("Try:")
     print(

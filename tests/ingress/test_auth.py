@@ -4,6 +4,7 @@ import pytest
 
 from ingress.auth import KeyRing
 from ingress.errors import Unauthorized
+from ingress.secrets import key_digest
 
 
 def test_keys_map_to_tenants(tmp_path):
@@ -26,9 +27,19 @@ def test_keys_are_not_kept_in_clear():
     assert "k-secret-value" not in repr(vars(ring))
 
 
-def test_bad_tenant_names_are_refused():
-    with pytest.raises(ValueError):
-        KeyRing({"k": "../other"})
+@pytest.mark.parametrize("tenant", ["../other", "-lead", "_lead", "a b", "x" * 129, "", "ténant"])
+def test_tenant_names_the_storage_rule_rejects_fail_at_start_up(tenant):
+    # The same rule as storage keys: a tenant that could log in but not store would be a 500.
+    with pytest.raises(ValueError) as info:
+        KeyRing({"k": tenant})
+    assert "A-Za-z0-9" in str(info.value)
+
+
+def test_key_digests_authenticate_without_the_keys():
+    ring = KeyRing(digests={key_digest("k-live"): "acme"})
+    assert ring.tenant("Bearer k-live") == "acme"
+    with pytest.raises(Unauthorized):
+        ring.tenant("Bearer k-other")
 
 
 def test_no_keys_refuses_everything():

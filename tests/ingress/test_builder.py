@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import json
+
 import yaml
 
 from ingress.builder import build_app, family_deployments
 from ingress.registry import ServiceConfig
+from ingress.secrets import Secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +43,7 @@ def test_build_app_binds_the_ingress_with_every_handle(tmp_path, monkeypatch):
     assert set(handles) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
     tasks = coordinator._bound_deployment
     assert tasks.name == "tasks" and tasks.num_replicas == 1
-    assert set(tasks.init_args[1]) == set(handles)
+    assert set(tasks.init_args[0]) == set(handles)
     assert config["apps"][0]["app_id"] == "ap-sd15-txt2img"
 
 
@@ -60,3 +63,23 @@ def test_hub_ids_pass_through(tmp_path, monkeypatch):
     d = bound["sdxl-a100"]._bound_deployment
     assert d.init_args[0] == "stabilityai/stable-diffusion-xl-base-1.0"
     assert d.init_kwargs["revision"] == "main"
+
+
+def test_each_deployment_gets_its_share_of_the_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    found = Secrets.read({
+        "STUDIO_API_KEYS": json.dumps({"sk-live": "acme"}),
+        "STUDIO_WEBHOOK_SECRETS": json.dumps({"acme": "whsec_c2VjcmV0"}),
+        "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": "s3-secret",
+    })
+    ingress = build_app(_args(), secrets=found)._bound_deployment
+    _, handles, coordinator = ingress.init_args
+    envs = {"ingress": ingress.ray_actor_options["runtime_env"]["env_vars"],
+            "tasks": coordinator._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]}
+    for name, family in handles.items():
+        envs[name] = family._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
+        assert family._bound_deployment.ray_actor_options["resources"]  # pinning kept
+    assert all("sk-live" not in json.dumps(env) for env in envs.values())
+    assert [name for name, env in envs.items() if "STUDIO_WEBHOOK_SECRETS" in env] == ["tasks"]
+    assert all(env["STUDIO_STORAGE_S3_SECRET_ACCESS_KEY"] == "s3-secret" for env in envs.values())
+    assert "STUDIO_API_KEY_DIGESTS" in envs["ingress"]
