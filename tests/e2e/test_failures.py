@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -123,6 +125,45 @@ def test_worker_killed_mid_task(cluster, seaweed_s3):
 def test_ingress_killed_right_after_submit(cluster):
     ids = submit(cluster, 4)
     kill(replica_pids(cluster, "ingress"))
+    final = settle_all(cluster, ids)
+    assert all(env["status"] == "SUCCESS" for env in final.values()), final
+
+
+def test_ingress_killed_while_submits_are_in_flight(cluster, seaweed_s3):
+    """Clients keep submitting (each logical submit retried with its own Idempotency-Key
+    until it is answered) while the ingress is SIGKILLed: every call ends, nothing hangs,
+    each logical submit makes exactly one task, and every task finishes."""
+    keys = [f"drill-{uuid.uuid4().hex}" for _ in range(10)]
+    answers: dict[str, list] = {k: [] for k in keys}
+    began = time.time_ns()
+
+    def submit_one(key):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.post(f"{cluster.api}/getTextToImage", json=JOB, timeout=30,
+                               headers={"Authorization": f"Bearer {KEY_A}", "Idempotency-Key": key})
+                answers[key].append(r.status_code)
+                if r.status_code == 200:
+                    return r.json()["task_id"]
+            except httpx.TransportError as exc:
+                answers[key].append(type(exc).__name__)
+            time.sleep(0.2)
+        raise AssertionError(f"{key} never answered: {answers[key]}")
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(submit_one, key) for key in keys]
+        deadline = time.monotonic() + 60
+        while sum(bool(a) for a in answers.values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        kill(replica_pids(cluster, "ingress"))  # submits are in flight right now
+        ids = [f.result(timeout=150) for f in futures]
+    assert len(set(ids)) == len(keys)
+    bucket = cluster.extra_env["STUDIO_STORAGE_S3_BUCKET"]
+    listed = seaweed_s3.client().list_objects_v2(Bucket=bucket, Prefix="tenants/tenant-a/tasks/").get("Contents", [])
+    made = {o["Key"].split("/")[3] for o in listed if o["Key"].endswith("record.json")
+            and int(o["Key"].split("/")[3][:16], 16) >= began}
+    assert made == set(ids), "a retried submit made a second task"
     final = settle_all(cluster, ids)
     assert all(env["status"] == "SUCCESS" for env in final.values()), final
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from ingress.webhooks import verify
-from tests.e2e.conftest import KEY_B, WEBHOOK_SECRET
+from tests.e2e.conftest import DEADLINE_APP, DEADLINE_SECONDS, KEY_B, KEY_C, WEBHOOK_SECRET
+from tests.support.peers import silent_server
 
 pytestmark = pytest.mark.e2e
 
@@ -77,9 +79,45 @@ def test_cancelled_queued_task_never_runs(client, service):
         client.post("/cancelTask", json={"id": task_id})
     for task_id in ids:
         assert wait_for(client, task_id, timeout=120)["status"] == "REVOKED"
-    time.sleep(2)
+    queue = service.workdir / "data/objects/data/queue"
+    deadline = time.monotonic() + 30  # settled: no marker left, so nothing can dispatch it any more
+    while any(m.name.split(".")[0] in ids for m in queue.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(m.name.split(".")[0] in ids for m in queue.iterdir())
     record = json.loads((service.workdir / "data/objects/data/tenants/tenant-a/tasks" / queued / "record.json").read_text())
     assert "STARTED" not in [h["status"] for h in record["history"]], record["history"]
+
+
+def test_concurrent_submits_with_one_idempotency_key_make_one_task(client):
+    headers = {"Idempotency-Key": "idem-race"}
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda _: client.post("/getTextToImage", json=QUICK, headers=headers), range(6)))
+    assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
+    ids = {r.json()["task_id"] for r in responses}
+    assert len(ids) == 1
+    assert wait_for(client, ids.pop())["status"] == "SUCCESS"
+
+
+def test_other_tenants_cannot_cancel_or_find_a_task(client, service):
+    env = client.post("/getTextToImage", json={**QUICK, "reference_id": "private-ref"}).json()
+    other = {"Authorization": f"Bearer {KEY_B}"}
+    r = httpx.post(f"{service.api}/cancelTask", headers=other, json={"id": env["task_id"]})
+    assert r.status_code == 404 and r.json()["error"] == "NotFound"
+    r = httpx.post(f"{service.api}/getImage", headers=other, json={"refID": "private-ref"})
+    assert r.status_code == 404
+    assert wait_for(client, env["task_id"])["status"] == "SUCCESS"  # untouched by the attempt
+
+
+def test_a_task_past_its_deadline_fails_and_frees_its_worker(client):
+    env = client.post("/getTextToImage", json={**LONG, "app_id": DEADLINE_APP}).json()
+    submitted = time.monotonic()
+    final = wait_for(client, env["task_id"], timeout=60)
+    assert final["status"] == "FAILURE" and final["error"] == "Timeout", final
+    assert f"{DEADLINE_SECONDS} s" in final["error_data"]
+    assert time.monotonic() - submitted < DEADLINE_SECONDS + 10
+    # Its worker stopped at the next step: the next task on the same deployment runs at once.
+    after = client.post("/getTextToImage", json={**QUICK, "app_id": DEADLINE_APP}).json()
+    assert wait_for(client, after["task_id"], timeout=60)["status"] == "SUCCESS"
 
 
 def test_idempotency_key(client):
@@ -148,13 +186,34 @@ def test_failing_webhook_is_retried_then_dead_lettered(client, receiver, service
 def test_webhook_urls_pass_the_ssrf_guard(client, service):
     r = client.post("/getTextToImage", json={**QUICK, "webhook": "http://169.254.169.254/hook"})
     assert r.status_code == 422 and r.json()["error"] == "InputFetchError"
+    r = client.post("/getTextToImage", json={**QUICK, "webhook": "https://no-such-host.invalid/hook"})
+    assert r.status_code == 422 and "resolve" in r.json()["error_data"]
     r = httpx.post(f"{service.api}/getTextToImage", headers={"Authorization": f"Bearer {KEY_B}"},
                    json={**QUICK, "webhook": "https://example.com/hook"})
     assert r.status_code == 422 and "secret" in r.json()["error_data"]
 
 
-def test_bad_input_url_fails_the_task_with_a_reason(client):
-    env = client.post("/getImageToImage", json={
-        "app_id": "ap-sd15-img2img", "image": "http://127.0.0.1:1/none.png", "celery": True}).json()
-    final = wait_for(client, env["task_id"])
-    assert final["status"] == "FAILURE" and final["error"] == "InputFetchError" and final["error_data"]
+def test_a_silent_webhook_receiver_holds_up_no_other_tenant(client, service, receiver):
+    """Tenant a's receiver accepts connections and never answers; tenant c's tasks, on a
+    deployment so small that most of them must wait in the store for a later scan, still
+    finish promptly, and their webhooks arrive while a's deliveries hang."""
+    handler, good_url = receiver
+    with silent_server() as silent:
+        slow = [client.post("/getTextToImage", json={**QUICK, "webhook": silent.url + "/"}).json()["task_id"]
+                for _ in range(6)]
+        for task_id in slow:
+            wait_for(client, task_id)
+        deadline = time.monotonic() + 20
+        while len(silent.held) < 4 and time.monotonic() < deadline:  # a's deliveries are now hanging
+            time.sleep(0.05)
+        assert len(silent.held) >= 4
+        tenant_c = httpx.Client(base_url=service.api, headers={"Authorization": f"Bearer {KEY_C}"}, timeout=60)
+        began = time.monotonic()
+        fast = [tenant_c.post("/getTextToImage", json={**QUICK, "inference_type": "a100", "webhook": good_url})
+                .json()["task_id"] for _ in range(4)]
+        for task_id in fast:
+            assert wait_for(tenant_c, task_id, timeout=60)["status"] == "SUCCESS"
+        while len(handler.calls) < 4 and time.monotonic() - began < 30:
+            time.sleep(0.05)
+        assert sorted(json.loads(body)["task_id"] for _, body in handler.calls) == sorted(fast)
+        assert time.monotonic() - began < 20, "tenant c waited behind tenant a's receiver"
