@@ -10,8 +10,11 @@ from storage.settings import StorageSettings
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: StorageSettings | None = None) -> ObjectStore:
-    """Open the local or S3 store described by ``settings`` (default: from the environment)."""
+def open_store(settings: StorageSettings | None = None, *, signing: bool = True) -> ObjectStore:
+    """Open the local or S3 store described by ``settings`` (default: from the environment).
+
+    ``signing=False``: a store that only reads and writes objects (a family replica);
+    the local backend then neither needs nor creates a URL-signing secret."""
     settings = settings if settings is not None else StorageSettings()
     if settings.backend == "s3":
         from storage.s3 import S3ObjectStore
@@ -27,7 +30,9 @@ def open_store(settings: StorageSettings | None = None) -> ObjectStore:
     root.mkdir(parents=True, exist_ok=True)
     if settings.signing_secret is not None:
         secret = settings.signing_secret.get_secret_value().encode()
-    else:
+    elif signing:
         secret = load_or_create_secret(root / SECRET_FILENAME)
+    else:
+        secret = None
     log.debug("local object store at %s", root)
     return LocalObjectStore(root, settings.public_base_url, secret)

@@ -81,12 +81,13 @@ class LocalObjectStore:
     expiry and an HMAC-SHA256 signature that ``verify()`` checks.
     """
 
-    def __init__(self, root: str | os.PathLike[str], public_base_url: str, secret: bytes) -> None:
-        if not secret:
+    def __init__(self, root: str | os.PathLike[str], public_base_url: str, secret: bytes | None) -> None:
+        """``secret`` None: a store that cannot sign or verify URLs (it only stores objects)."""
+        if secret is not None and not secret:
             raise ValueError("signing secret must not be empty")
         self.root = Path(root).resolve()
         self.public_base_url = public_base_url.rstrip("/")
-        self._secret = bytes(secret)
+        self._secret = bytes(secret) if secret is not None else None
         self._data = self.root / "data"
         self._meta = self.root / "meta"
         self._locks = self.root / "locks"
@@ -217,6 +218,8 @@ class LocalObjectStore:
         return removed
 
     def _signature(self, key: str, expires: int) -> str:
+        if self._secret is None:
+            raise RuntimeError("this store was opened without a signing secret")
         msg = f"{key}\n{expires}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
 

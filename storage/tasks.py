@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from typing import Any, Callable, Literal
@@ -47,6 +48,11 @@ OUTBOX_PREFIX = "outbox/"
 def new_task_id() -> str:
     """32 hex characters that sort in creation order (so the queue is served FIFO)."""
     return f"{time.time_ns():016x}{secrets.token_hex(8)}"
+
+
+def task_created_at(task_id: str) -> float:
+    """When ``task_id`` was made (Unix time): every writer of one task agrees on it."""
+    return int(task_id[:16], 16) / 1e9
 
 
 def _digest(text: str) -> str:
@@ -71,7 +77,7 @@ def idempotency_key(tenant: str, key: str) -> str:
 
 def queue_key(task_id: str, tenant: str, deployment: str, deadline_at: float | None = None) -> str:
     """The marker's key carries what the coordinator needs: no read per task to scan."""
-    deadline = "" if deadline_at is None else f".{int(deadline_at)}"
+    deadline = "" if deadline_at is None else f".{math.ceil(deadline_at)}"
     return f"{QUEUE_PREFIX}{task_id}.{tenant}.{deployment}{deadline}"
 
 
@@ -209,9 +215,7 @@ class TaskStore:
         try:
             self.store.put_if(record_key(t, tid), record.model_dump_json().encode(), if_absent=True)
         except PreconditionFailed:
-            existing = self.get(t, tid)
-            if existing is None:
-                raise
+            existing = TaskRecord.model_validate_json(self._read_after_conflict(record_key(t, tid)))
             if existing.payload_key == record.payload_key:
                 return existing, True  # our own write, retried by the client library
             for key in [*keys.values(), record.payload_key]:
@@ -228,8 +232,21 @@ class TaskStore:
             self.store.put_if(idempotency_key(tenant, key), entry, if_absent=True)
             return None
         except PreconditionFailed:
-            bound = json.loads(self.store.get(idempotency_key(tenant, key)))
+            bound = json.loads(self._read_after_conflict(idempotency_key(tenant, key)))
             return None if bound.get("task_id") == task_id else bound  # None: a retry of our own write
+
+    def _read_after_conflict(self, key: str, tries: int = 8) -> bytes:
+        """Read an object a conditional create just lost to. On S3 the winner's write may
+        still be in progress (409 ConditionalRequestConflict) and not yet readable: wait
+        for it briefly instead of failing."""
+        for attempt in range(tries):
+            try:
+                return self.store.get(key)
+            except ObjectNotFound:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.02 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def idempotency_binding(self, tenant: str, key: str) -> dict[str, Any] | None:
         """What ``key`` is bound to (``{"task_id", "body_sha256", "at"}``), or None."""
@@ -273,24 +290,39 @@ class TaskStore:
     def update(
         self, tenant: str, task_id: str, change: Callable[[TaskRecord], bool | None]
     ) -> TaskRecord | None:
+        """:meth:`apply`, returning only the record."""
+        return self.apply(tenant, task_id, change)[0]
+
+    def apply(
+        self, tenant: str, task_id: str, change: Callable[[TaskRecord], bool | None]
+    ) -> tuple[TaskRecord | None, bool]:
         """Read-modify-write with compare-and-swap, retried on conflict.
 
-        ``change`` mutates the record; returning ``False`` means "no write".
-        Returns the record as stored afterwards, or None if there is no record.
+        ``change`` mutates a fresh copy of the record on every try (it may run more
+        than once); returning ``False`` means "no write". Returns ``(record, written)``:
+        the record as stored afterwards (None if there is none) and whether this
+        call's change is what was stored. A conditional write that failed only
+        because the client library retried it after it had landed counts as written.
         """
         key = record_key(tenant, task_id)
         for _ in range(self.cas_retries):
             try:
                 raw, etag = self.store.get_versioned(key)
             except ObjectNotFound:
-                return None
+                return None, False
             record = TaskRecord.model_validate_json(raw)
             if change(record) is False:
-                return record
+                return record, False
+            body = record.model_dump_json().encode()
             try:
-                self.store.put_if(key, record.model_dump_json().encode(), if_match=etag)
-                return record
+                self.store.put_if(key, body, if_match=etag)
+                return record, True
             except PreconditionFailed:
+                try:
+                    if self.store.get_versioned(key)[0] == body:  # our write landed; its retry lost
+                        return record, True
+                except ObjectNotFound:
+                    return None, False
                 continue
         raise RuntimeError(f"task {task_id}: too many concurrent updates")
 

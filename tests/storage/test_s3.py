@@ -123,3 +123,32 @@ def test_store_is_picklable(store: S3ObjectStore) -> None:
     clone = pickle.loads(pickle.dumps(store))
     assert clone.get("p.txt") == b"pickled"
     assert clone.settings == store.settings
+
+
+def test_racing_idempotent_creates_on_s3_make_one_task(store: S3ObjectStore) -> None:
+    """Conditional creates racing on a real S3 server: a loser may see 412 or 409 (the winner's
+    write still in progress); either way it answers with the winner's binding and record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from storage.tasks import TaskRecord, TaskStore, new_task_id
+
+    tasks = TaskStore(store)
+    ids = [new_task_id() for _ in range(8)]
+
+    def submit(i: int) -> str:
+        bound = tasks.claim_idempotency_key("acme", "race", "digest", ids[i])
+        task_id = bound["task_id"] if bound else ids[i]
+        record = TaskRecord(task_id=task_id, tenant="acme", app_id="ap", route="getTextToImage", family="sd15",
+                            gpu="a10g", deadline_at=2e9)
+        stored, _ = tasks.create(record, {"n": i}, {"image": bytes([i]) * 64})
+        return stored.task_id
+
+    with ThreadPoolExecutor(8) as pool:
+        answered = list(pool.map(submit, range(8)))
+    assert len(set(answered)) == 1
+    task_id = answered[0]
+    record = tasks.get("acme", task_id)
+    assert [q[0] for _, q in tasks.queued()] == [task_id]
+    keys = [o.key for o in store.list(f"tenants/acme/tasks/{task_id}/")]
+    assert sorted(keys) == sorted([f"tenants/acme/tasks/{task_id}/record.json", record.payload_key,
+                                   tasks.payload(record)["inputs"]["image"]])
