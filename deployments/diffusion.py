@@ -54,6 +54,7 @@ MAX_SEED = 2**32 - 1
 TASKS = ("text2img", "img2img", "inpaint")
 MAX_SIDE = 1536  # the contract's largest side; a family may set its own
 MAX_BATCH = 8
+STALL_SECONDS = 300.0  # a generation without a finished step for this long fails the health check
 OnStep = Callable[[int, int], None]
 
 
@@ -65,8 +66,8 @@ def _short(exc: BaseException, limit: int = 200) -> str:
 def _model_error(exc: BaseException, job: ImageJob) -> ModelError:
     """Log the failure with a new incident id; the error carries only the id to clients."""
     incident = new_incident()
-    logger.exception("generation failed (incident %s)", incident,
-                     extra={"task": job.task, "request_id": job.request_id, "incident": incident})
+    logger.error("generation failed (incident %s)", incident, exc_info=exc,
+                 extra={"task": job.task, "request_id": job.request_id, "incident": incident})
     return ModelError(_short(exc), incident)
 
 
@@ -77,6 +78,9 @@ class DiffusionModel:
         self.pipelines = pipelines
         self.max_side = max_side
         self.max_batch = max_batch
+        # Progress of the generation under way, for the health check: monotonic times.
+        self.busy_since: float | None = None
+        self.last_progress = 0.0
         # Captured once: the pipelines' ``scheduler`` attribute is replaced per request.
         self.base_scheduler_config = dict(pipelines.text2img.scheduler.config)
         encoders = [pipelines.text2img.text_encoder]
@@ -178,16 +182,18 @@ class DiffusionModel:
                 kwargs["height"] = image.height
                 kwargs["width"] = image.width
 
-        if on_step is not None:
-            def _callback(p, step: int, timestep, callback_kwargs: dict) -> dict:
+        def _callback(p, step: int, timestep, callback_kwargs: dict) -> dict:
+            self.last_progress = time.monotonic()
+            if on_step is not None:
                 on_step(step + 1, int(p.num_timesteps))
-                return {}
+            return {}
 
-            kwargs["callback_on_step_end"] = _callback
-            kwargs["callback_on_step_end_tensor_inputs"] = []
+        kwargs["callback_on_step_end"] = _callback
+        kwargs["callback_on_step_end_tensor_inputs"] = []
 
         with self._lock:
             pipe.scheduler = scheduler  # per request; safe under the lock
+            self.busy_since = self.last_progress = time.monotonic()
             try:
                 with torch.inference_mode():
                     images = pipe(**kwargs).images
@@ -203,9 +209,15 @@ class DiffusionModel:
                 raise _model_error(exc, job) from exc
             except Exception as exc:
                 raise _model_error(exc, job) from exc
+            finally:
+                self.busy_since = None
         if len(images) != len(seeds):
-            raise ModelError(f"pipeline returned {len(images)} images for a batch of {len(seeds)}")
+            raise _model_error(RuntimeError(f"pipeline returned {len(images)} images for a batch of {len(seeds)}"), job)
         return list(zip(images, seeds))
+
+    def stalled_for(self) -> float:
+        """Seconds the generation under way has gone without finishing a step (0 when idle)."""
+        return 0.0 if self.busy_since is None else time.monotonic() - self.last_progress
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -275,6 +287,7 @@ class DiffusionFamily:
         gpu: str = "",
         store: ObjectStore | None = None,
         max_side: int = MAX_SIDE,
+        stall_seconds: float = STALL_SECONDS,
     ):
         from deployments.loader import load_pipeline
         from deployments.replica_net import bind_replica_grpc_to_node_ip
@@ -283,6 +296,7 @@ class DiffusionFamily:
         self.model_source = model_source
         self.family = family
         self.gpu = gpu
+        self.stall_seconds = stall_seconds
         start = time.perf_counter()
         pipelines = load_pipeline(model_source, revision=revision, dtype=dtype)
         load_seconds = time.perf_counter() - start
@@ -290,7 +304,7 @@ class DiffusionFamily:
         if store is None:
             from storage.factory import open_store
 
-            store = open_store(storage)
+            store = open_store(storage, signing=False)  # families store objects; they never sign URLs
         self.store = store
         from storage.tasks import TaskStore
 
@@ -361,34 +375,51 @@ class DiffusionFamily:
 
         Claims the attempt, loads the job captured at submit from the store, runs
         it under a lease, and publishes the outputs (stored under per-attempt keys)
-        in the final compare-and-swap. Returns the status this worker wrote, or
-        ``"skipped"`` when the attempt was not ours to run. Anything the job raises
-        ends the task as FAILURE with its reason (no retry); only errors of the
-        store itself propagate.
+        in the final compare-and-swap. Returns what happened: the status this
+        worker wrote, ``"skipped"`` (not ours to run), ``"superseded"``/``"lost"``
+        (another attempt owns the task now), or ``"retry"`` (the object store
+        failed under us: the task is handed back for another attempt). Anything
+        the job raises ends the task as FAILURE with its reason, without a retry.
         """
         from deployments.tasks import TaskLease
 
         lease = TaskLease(self.tasks, ref, self.owner)
-        if not await asyncio.to_thread(lease.claim):
-            return "skipped"
-        lease.start()
-        images: list[GeneratedImage] = []
         try:
-            job = await asyncio.to_thread(self._load_job, lease.record, ref.attempt)
-            if job is None:
-                incident = new_incident()
-                logger.error("task %s: its payload is missing (incident %s)", ref.task_id, incident)
-                await asyncio.to_thread(lease.fail, "InternalError", f"the task's input is gone (incident {incident})")
-                return "FAILURE"
+            if not await asyncio.to_thread(lease.claim):
+                return "skipped"
+        except Exception:
+            logger.warning("task %s: could not claim attempt %d; the coordinator retries it", ref.task_id,
+                           ref.attempt, exc_info=True)
+            return "retry"
+        lease.start()
+        try:
+            return await self._run_claimed(ref, lease)
+        except asyncio.CancelledError:
+            lease.stop_reason = lease.stop_reason or "lost"  # the thread stops at its next step
+            raise
+        except Exception as exc:  # the store, not the job: hand the task back for another attempt
+            incident = new_incident()
+            logger.error("task %s attempt %d: storage failed (incident %s)", ref.task_id, ref.attempt, incident,
+                         exc_info=exc)
+            await asyncio.to_thread(lease.give_up, f"attempt {ref.attempt} could not reach the object store "
+                                                   f"(incident {incident}); retrying")
+            return "retry"
+        finally:
+            lease.stop()
+
+    async def _run_claimed(self, ref: TaskRef, lease) -> str:
+        images: list[GeneratedImage] = []
+        job = await asyncio.to_thread(self._load_job, lease.record, ref.attempt)
+        if job is None:
+            incident = new_incident()
+            logger.error("task %s: its payload is missing (incident %s)", ref.task_id, incident)
+            await asyncio.to_thread(lease.fail, "InternalError", f"the task's input is gone (incident {incident})")
+            return "FAILURE"
+        try:
             async with self._lock:
                 lease.check()
                 outputs = await asyncio.to_thread(self._generate_for_task, job, lease)
             lease.check()
-            images = await asyncio.to_thread(self._store_images, job, outputs)
-            if await asyncio.to_thread(lease.succeed, images):
-                return "SUCCESS"
-            await asyncio.to_thread(self._delete_images, images)  # superseded: never visible
-            return "superseded"
         except TaskStopped:
             await asyncio.to_thread(lease.revoked)
             return lease.stop_reason or "stopped"
@@ -398,11 +429,11 @@ class DiffusionFamily:
         except ModelError as exc:
             await asyncio.to_thread(lease.fail, "ModelError", exc.public)
             return "FAILURE"
-        except asyncio.CancelledError:
-            lease.stop_reason = lease.stop_reason or "lost"  # the thread stops at its next step
-            raise
-        finally:
-            lease.stop()
+        images = await asyncio.to_thread(self._store_images, job, outputs)
+        if await asyncio.to_thread(lease.succeed, images):
+            return "SUCCESS"
+        await asyncio.to_thread(self._delete_images, images)  # superseded: never visible
+        return "superseded"
 
     def _generate_for_task(self, job: ImageJob, lease) -> list[tuple[Image.Image, int]]:
         """``generate`` with the lease's step callback; any other failure of the job is a ModelError."""
@@ -434,12 +465,17 @@ class DiffusionFamily:
             self.store.delete(image.key)
 
     async def check_health(self) -> None:
-        """Cheap liveness check for Serve: the model and store are in place."""
+        """Liveness check for Serve: the model and store are in place, and a generation
+        under way is making progress (a job hung inside one step holds the model's lock
+        for good; failing here makes Serve replace the replica)."""
         model = getattr(self, "model", None)
         if model is None or getattr(model.pipelines.text2img, "unet", None) is None:
             raise RuntimeError("diffusion model is not loaded")
         if self.store is None:
             raise RuntimeError("object store is not open")
+        stalled = model.stalled_for()
+        if stalled > self.stall_seconds:
+            raise RuntimeError(f"the generation under way has finished no step for {stalled:.0f} s")
 
     def info(self) -> dict:
         from deployments.schedulers import usable_scheduler_names
@@ -455,6 +491,8 @@ class DiffusionFamily:
             "device": p.device,
             "dtype": p.dtype,
             "default_scheduler": self.model.base_scheduler_config.get("_class_name"),
+            "scheduler_config": dict(self.model.base_scheduler_config),
+            "max_side": self.model.max_side,
             "schedulers": usable_scheduler_names(),
             "text_encoder_layers": self.model.text_encoder_layers,
         }

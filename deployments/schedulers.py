@@ -35,10 +35,13 @@ documentation spells one value ``dpmsolver+++``: we accept it as an alias of
 from __future__ import annotations
 
 import inspect
+import logging
 from functools import lru_cache
 from typing import Any, Mapping
 
 from deployments.errors import InvalidJobError
+
+logger = logging.getLogger(__name__)
 
 SCHEDULER_NAMES: tuple[str, ...] = (
     "DDPMScheduler",
@@ -173,4 +176,7 @@ def build_scheduler(
     try:
         return cls.from_config(dict(base_config), **overrides)
     except (ValueError, NotImplementedError) as exc:  # a config the class refuses
-        raise InvalidJobError("scheduler", f"{name} cannot be configured for this model: {exc}") from exc
+        logger.info("scheduler %s refused this model's config: %s", name, exc)
+        raise InvalidJobError(
+            "scheduler", f"{name} cannot be configured for this model; use one of: {', '.join(usable_scheduler_names())}"
+        ) from exc

@@ -52,11 +52,9 @@ class TaskLease:
     def claim(self) -> bool:
         """PENDING attempt n → STARTED under our lease. False: not ours to run (revoked,
         superseded, already finished); a cancelled task is marked REVOKED here."""
-        won = False
         sent = time.monotonic()
 
         def change(r: TaskRecord):
-            nonlocal won
             if r.status != "PENDING" or r.attempts != self.ref.attempt:
                 return False
             if r.cancel_requested:
@@ -64,11 +62,11 @@ class TaskLease:
                 return None
             r.hold_lease(self.owner, self.ref.lease_seconds)
             r.move("STARTED", f"attempt {r.attempts} on {self.owner}")
-            won = True
             return None
 
-        record = self.tasks.update(self.ref.tenant, self.ref.task_id, change)
-        if record is not None and record.status == "REVOKED" and not won:
+        record, written = self.tasks.apply(self.ref.tenant, self.ref.task_id, change)
+        won = written and record is not None and self._mine(record)
+        if written and record is not None and record.status == "REVOKED":
             self.tasks.settle(record)
         if won:
             self.record = record
@@ -81,9 +79,9 @@ class TaskLease:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop renewing. Does not wait: the renewal thread may be inside a slow store call,
+        and whatever it writes after this is refused by the record's checks."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     def _renew_loop(self) -> None:
         failures = 0
@@ -112,8 +110,10 @@ class TaskLease:
             r.progress = round(self.progress, 4)
             return None
 
-        self.tasks.update(self.ref.tenant, self.ref.task_id, change)
-        if self.stop_reason is None:
+        record, written = self.tasks.apply(self.ref.tenant, self.ref.task_id, change)
+        if record is None:
+            self.stop_reason = "lost"  # the record is gone (deleted past its retention)
+        elif written and self.stop_reason is None:
             self._renewed_at = sent
 
     def _fenced(self) -> bool:
@@ -137,20 +137,37 @@ class TaskLease:
     # -- outcome ----------------------------------------------------------
     def _finish(self, apply) -> TaskRecord | None:
         """Apply a terminal change if the attempt is still ours; the record if written, else None."""
-        written = False
 
         def change(r: TaskRecord):
-            nonlocal written
             if not self._mine(r):
                 return False
             apply(r)
-            written = True
             return None
 
-        record = self.tasks.update(self.ref.tenant, self.ref.task_id, change)
-        if written and record is not None and record.terminal:
+        record, written = self.tasks.apply(self.ref.tenant, self.ref.task_id, change)
+        if not written or record is None:
+            return None
+        if record.terminal:
             self.tasks.settle(record)
-        return record if written else None
+        return record
+
+    def give_up(self, note: str) -> None:
+        """This attempt failed for a reason outside the job (the object store): hand the
+        task back, still PENDING, so the coordinator retries it now rather than after
+        the lease lapses. Best effort: if the store is down, the lease lapses instead."""
+
+        def change(r: TaskRecord):
+            if not self._mine(r):
+                return False
+            r.move("PENDING", note)
+            r.release_lease()
+            return None
+
+        self.stop_reason = self.stop_reason or "lost"
+        try:
+            self.tasks.apply(self.ref.tenant, self.ref.task_id, change)
+        except Exception:
+            log.warning("task %s: could not hand back attempt %d", self.ref.task_id, self.ref.attempt, exc_info=True)
 
     def succeed(self, images: list[GeneratedImage]) -> bool:
         """Publish the outputs in the final compare-and-swap. False: the attempt is no

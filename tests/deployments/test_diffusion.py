@@ -336,3 +336,21 @@ def test_family_opens_store_from_settings(tiny_models, tmp_path):
     )
     result = asyncio.run(family.run(job(seed=2, tenant="acme", request_id="r9")))
     assert family.store.get(result.images[0].key).startswith(b"\x89PNG")
+
+
+def test_health_fails_when_a_generation_stops_making_progress(family_factory, memory_store):
+    import time
+
+    family = family_factory(memory_store)
+    family.stall_seconds = 5
+    steps = []
+    family.model.generate(job(num_inference_steps=3),
+                          on_step=lambda s, t: steps.append(family.model.stalled_for()))
+    assert len(steps) >= 3 and family.model.busy_since is None  # progress is tracked, and idle afterwards
+    asyncio.run(family.check_health())
+    family.model.busy_since = family.model.last_progress = time.monotonic() - 10  # a job hung inside a step
+    try:
+        with pytest.raises(RuntimeError, match="no step for"):
+            asyncio.run(family.check_health())
+    finally:
+        family.model.busy_since = None

@@ -13,6 +13,7 @@ from deployments.diffusion import DiffusionFamily
 from deployments.errors import TaskStopped
 from deployments.tasks import TaskLease
 from deployments.types import GeneratedImage, ImageJob, TaskRef, job_to_payload
+from storage.base import PreconditionFailed
 from storage.factory import open_store
 from storage.settings import StorageSettings
 from storage.tasks import TaskRecord, TaskStore, new_task_id
@@ -101,27 +102,76 @@ def test_superseded_worker_writes_nothing(tasks):
 
 def test_a_worker_that_cannot_renew_stops_before_its_lease_could_lapse(tasks, monkeypatch):
     tid = dispatched(tasks)
-    lease = TaskLease(tasks, TaskRef("t", tid, 1, lease_seconds=0.6, renew_seconds=0.05), "w1")
+    lease_seconds = 1.0
+    lease = TaskLease(tasks, TaskRef("t", tid, 1, lease_seconds=lease_seconds, renew_seconds=0.05), "w1")
     assert lease.claim()
     claimed = time.monotonic()
-    real_update = tasks.update
 
     def store_down(*args, **kwargs):
         raise ConnectionError("object store unreachable")
 
-    monkeypatch.setattr(tasks, "update", store_down)
+    monkeypatch.setattr(tasks, "apply", store_down)
     lease.start()
     try:
         lease.on_step(1, 10)  # fine while the lease is fresh
         wait_until(lambda: lease.stop_reason == "lost", timeout=5)
         # It gave up within the fence (0.75 of the lease), before anyone could presume it lost.
-        assert time.monotonic() - claimed < 0.6 + 0.3
+        assert time.monotonic() - claimed < lease_seconds
         with pytest.raises(TaskStopped):
             lease.on_step(2, 10)
     finally:
         lease.stop()
-        monkeypatch.setattr(tasks, "update", real_update)
+        monkeypatch.undo()
     assert tasks.get("t", tid).status == "STARTED"  # it wrote nothing; the coordinator retries it
+
+
+def test_claim_and_finish_report_what_was_actually_written(tasks, monkeypatch):
+    """A competing write between a read and the compare-and-swap makes the change run again
+    on the new record: what the worker reports must be that second outcome."""
+    real_put_if = tasks.store.put_if
+
+    def race_once(competing):
+        fired = []
+
+        def put_if(key, data, *args, **kwargs):
+            if not fired and key.endswith("record.json") and kwargs.get("if_match"):
+                fired.append(True)
+                tasks.update("t", tid, competing)  # lands between the worker's read and its write
+            return real_put_if(key, data, *args, **kwargs)
+
+        monkeypatch.setattr(tasks.store, "put_if", put_if)
+
+    tid = dispatched(tasks)
+    race_once(lambda r: setattr(r, "cancel_requested", True))  # a cancel arrives mid-claim
+    lease = TaskLease(tasks, TaskRef("t", tid, 1), "w1")
+    assert not lease.claim()
+    assert tasks.get("t", tid).status == "REVOKED"
+
+    tid = dispatched(tasks)
+    monkeypatch.setattr(tasks.store, "put_if", real_put_if)
+    lease = TaskLease(tasks, TaskRef("t", tid, 1), "w1")
+    assert lease.claim()
+    race_once(lambda r: r.fail("Timeout", "past its deadline"))  # the deadline fires mid-finish
+    assert not lease.succeed([GeneratedImage(key="tenants/t/images/x/1/0.png", seed=1, width=8, height=8)])
+    final = tasks.get("t", tid)
+    assert final.status == "FAILURE" and final.output_keys == []
+
+
+def test_a_retried_write_that_had_landed_counts_as_written(tasks, monkeypatch):
+    tid = dispatched(tasks)
+    lease = TaskLease(tasks, TaskRef("t", tid, 1), "w1")
+    real_put_if = tasks.store.put_if
+
+    def lands_then_412(key, data, *args, **kwargs):  # the client library retried a write that landed
+        etag = real_put_if(key, data, *args, **kwargs)
+        if key.endswith("record.json") and kwargs.get("if_match"):
+            raise PreconditionFailed(key)
+        return etag
+
+    monkeypatch.setattr(tasks.store, "put_if", lands_then_412)
+    assert lease.claim()
+    assert lease.succeed([GeneratedImage(key="tenants/t/images/x/1/0.png", seed=1, width=8, height=8)])
+    assert tasks.get("t", tid).status == "SUCCESS"
 
 
 # -- the family's run_task ----------------------------------------------------------
