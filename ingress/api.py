@@ -20,13 +20,14 @@ from fastapi.responses import Response
 from deployments.types import ImageResult
 from ingress.async_tasks import TaskService, body_digest
 from ingress.auth import KeyRing
-from ingress.body import read_json
+from ingress.body import BodyBudget, read_json
 from ingress.dispatch import Dispatcher
 from ingress.envelopes import envelope_response, install_handlers
 from ingress.errors import NotFound, ValidationFailed
 from ingress.inputs import FetchLimits
 from ingress.jobs import build_job, redact
-from ingress.registry import Registry
+from ingress.model_checks import ModelFacts, check_job
+from ingress.registry import Registry, deployment_name
 from ingress.schemas.envelope import Envelope, ImageMeta
 from ingress.schemas.generation import (
     GenerationRequest,
@@ -56,6 +57,7 @@ class Studio:
     settings: IngressSettings
     url_expiry_seconds: int
     tasks: TaskService | None = None  # None: async tasks are off (e.g. the in-process benchmark)
+    facts: ModelFacts | None = None  # None: the model-dependent checks are left to the family
 
     @property
     def fetch_limits(self) -> FetchLimits:
@@ -78,6 +80,10 @@ def create_api(studio: Studio) -> FastAPI:
     )
     install_handlers(api)
     limits = studio.fetch_limits
+    budget = BodyBudget(studio.settings.max_buffered_body_bytes, studio.settings.retry_after_seconds)
+
+    async def body(request: Request, max_bytes: int):
+        return await read_json(request, max_bytes, timeout_seconds=studio.settings.body_read_seconds, budget=budget)
 
     def body_cap(model: type) -> int:
         """Routes that take inline images accept bodies up to ``max_image_body_bytes``."""
@@ -87,12 +93,13 @@ def create_api(studio: Studio) -> FastAPI:
     async def generate(route: str, model: type[GenerationRequest], request: Request, authorization: str | None):
         started = time.perf_counter()
         tenant = studio.keys.tenant(authorization)
-        req = parse(model, await read_json(request, body_cap(model)))
+        req = parse(model, await body(request, body_cap(model)))
         app, gpu = check_for_app(route, req, studio.registry)
         if req.celery:
             return envelope_response(await submit(route, app, gpu, req, tenant, request))
         request_id = uuid.uuid4().hex
         job = await build_job(app, req, tenant, request_id, limits)
+        await check_for_model(app, gpu, job)
         result = await studio.dispatcher.run(app.family, gpu, job, studio.settings.sync_timeout_seconds)
         output, expires_at = await _outputs(studio, result)
         first = result.images[0]
@@ -114,6 +121,10 @@ def create_api(studio: Studio) -> FastAPI:
         )
         return envelope_response(env, headers={"X-Studio-Deployment": f"{app.family}-{gpu}"})
 
+    async def check_for_model(app, gpu: str, job) -> None:
+        facts = await studio.facts.get(deployment_name(app.family, gpu)) if studio.facts is not None else None
+        check_job(job, facts)
+
     async def submit(route, app, gpu, req, tenant, request: Request) -> Envelope:
         """Check everything a synchronous call checks, capture the inputs, store the task."""
         if studio.tasks is None:
@@ -121,7 +132,7 @@ def create_api(studio: Studio) -> FastAPI:
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise ValidationFailed("Idempotency-Key: allowed: 1..255 characters")
-        digest = body_digest(req.model_dump(mode="json", exclude_none=True))
+        digest = await asyncio.to_thread(body_digest, req.model_dump(mode="json", exclude_none=True))
         if key is not None and (replay := await studio.tasks.replay(tenant, key, digest)) is not None:
             return replay
         if req.webhook:
@@ -129,6 +140,7 @@ def create_api(studio: Studio) -> FastAPI:
                 raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
             await check_webhook_destination(req.webhook, limits)
         job = await build_job(app, req, tenant, new_task_id(), limits)
+        await check_for_model(app, gpu, job)
         return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
 
     def task_service() -> TaskService:
@@ -140,7 +152,7 @@ def create_api(studio: Studio) -> FastAPI:
               summary="Task status (by id, or by refID)")
     async def get_image(request: Request, authorization: str | None = Header(None)):
         tenant = studio.keys.tenant(authorization)
-        req = parse(StatusRequest, await read_json(request, studio.settings.max_body_bytes))
+        req = parse(StatusRequest, await body(request, studio.settings.max_body_bytes))
         return envelope_response(await task_service().status(tenant, req.id, req.refID))
 
     @api.get(f"{PREFIX}/status/{{task_id}}", response_model=Envelope, summary="Task status")
@@ -152,7 +164,7 @@ def create_api(studio: Studio) -> FastAPI:
               summary="Cancel a task: queued never runs, running stops at the next step")
     async def cancel_task(request: Request, authorization: str | None = Header(None)):
         tenant = studio.keys.tenant(authorization)
-        req = parse(CancelRequest, await read_json(request, studio.settings.max_body_bytes))
+        req = parse(CancelRequest, await body(request, studio.settings.max_body_bytes))
         return envelope_response(await task_service().cancel(tenant, req.id))
 
     @api.post(f"{PREFIX}/getTextToImage", response_model=Envelope, openapi_extra=_body_doc(TextToImageRequest),

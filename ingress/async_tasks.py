@@ -22,7 +22,7 @@ from ingress.schemas.envelope import Envelope, ImageMeta
 from ingress.schemas.generation import GenerationRequest
 from ingress.settings import IngressSettings
 from storage.base import ObjectStore
-from storage.tasks import TaskRecord, TaskStore
+from storage.tasks import TaskRecord, TaskStore, task_created_at
 
 Kick = Callable[[str, str, str], Awaitable[None]]  # (tenant, task_id, deployment)
 
@@ -114,7 +114,9 @@ class TaskService:
             task_id=task_id, tenant=tenant, app_id=app.app_id, route=route, family=app.family, gpu=gpu,
             reference_id=req.reference_id, input=echo, max_attempts=self.settings.task_max_attempts,
             webhook=bool(req.webhook), track_id=req.track_id, created_at=now,
-            deadline_at=now + self._deadline(app), expires_at=now + self.settings.retention_seconds,
+            # From the id, so every racing writer of this task names the same queue marker.
+            deadline_at=task_created_at(task_id) + self._deadline(app),
+            expires_at=now + self.settings.retention_seconds,
         )
 
         def store() -> tuple[TaskRecord, bool]:

@@ -10,6 +10,7 @@ from ingress.api import Studio, create_api
 from ingress.async_tasks import TaskService
 from ingress.auth import KeyRing
 from ingress.dispatch import ServeDispatcher
+from ingress.model_checks import ModelFacts
 from ingress.registry import Registry, ServiceConfig
 from ingress.settings import IngressSettings
 from storage.factory import open_store
@@ -45,6 +46,7 @@ class StudioIngress:
             settings=settings,
             url_expiry_seconds=storage.url_expiry_seconds,
             tasks=tasks,
+            facts=ModelFacts(handles),
         )
         log.info("ingress ready", extra={"apps": len(self.studio.registry.apps), "keys": len(self.studio.keys)})
 

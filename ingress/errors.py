@@ -75,3 +75,10 @@ class PayloadTooLarge(StudioError):
 
     error_type = "PayloadTooLarge"
     status_code = 413
+
+
+class RequestTimeout(StudioError):
+    """The client did not send its body in time."""
+
+    error_type = "RequestTimeout"
+    status_code = 408

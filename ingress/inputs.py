@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import functools
 import io
 import ipaddress
@@ -283,9 +284,12 @@ async def check_destination(url: str, field: str, limits: FetchLimits) -> None:
     parsed = httpx.URL(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     resolve = _resolver or socket.getaddrinfo
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(limits.connect_timeout_seconds):
-            answers = await asyncio.to_thread(resolve, parsed.host, port, 0, socket.SOCK_STREAM)
+            # A thread of its own: a lookup the timeout gave up on keeps its thread until the
+            # system resolver returns, and must not hold one the store calls need.
+            answers = await loop.run_in_executor(_dns_pool(), resolve, parsed.host, port, 0, socket.SOCK_STREAM)
     except TimeoutError:
         raise InputFetchError(field, "URL host name did not resolve in time") from None
     except OSError:
@@ -294,8 +298,8 @@ async def check_destination(url: str, field: str, limits: FetchLimits) -> None:
     for answer in answers:
         address = ipaddress.ip_address(str(answer[4][0]).split("%")[0])
         if not policy.permits_address(address):
-            _log_detail(field, f"{parsed.host} resolves to {address}")
-            raise InputFetchError(field, REFUSED_ADDRESS)
+            incident = _log_detail(field, f"{parsed.host} resolves to {address}")
+            raise InputFetchError(field, f"{REFUSED_ADDRESS} (incident {incident})")
 
 
 def _check_host_shape(host: str, field: str, limits: FetchLimits) -> None:
@@ -313,6 +317,11 @@ def _check_host_shape(host: str, field: str, limits: FetchLimits) -> None:
             ) from None
     if not limits.allow_loopback and (host == "localhost" or host.endswith(".localhost")):
         raise InputFetchError(field, f"URL host {host!r} is a loopback name")
+
+
+@functools.lru_cache(maxsize=1)
+def _dns_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
 
 
 def _refusal(field: str, exc: SSRFGuardError) -> InputFetchError:

@@ -133,6 +133,8 @@ def _redact_value(value: str) -> str:
         try:
             parts = urlsplit(value)
             netloc = parts.hostname or ""
+            if ":" in netloc:  # an IPv6 literal keeps its brackets
+                netloc = f"[{netloc}]"
             if parts.port:
                 netloc += f":{parts.port}"
         except ValueError:

@@ -6,7 +6,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from ingress.body import MAX_DEPTH, parse_json, read_json
+from ingress.body import MAX_DEPTH, BodyBudget, parse_json, read_json
 from ingress.envelopes import install_handlers
 from ingress.errors import ValidationFailed
 
@@ -83,3 +83,45 @@ def test_malformed_json_is_a_422(client, raw):
 
 def test_empty_body_is_an_empty_object():
     assert parse_json(b"  ") == {}
+
+
+def _app(**kw):
+    api = FastAPI()
+    install_handlers(api)
+
+    @api.post("/read")
+    async def read(request: Request):
+        return await read_json(request, CAP, **kw)
+
+    return api
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408():
+    import asyncio
+
+    from starlette.requests import Request as StarletteRequest
+
+    from ingress.errors import RequestTimeout
+
+    parts = [b'{"a": ', b"1}"]
+
+    async def receive():  # a client that sends half its body, then stalls
+        if len(parts) == 2:
+            return {"type": "http.request", "body": parts.pop(0), "more_body": True}
+        await asyncio.sleep(5)
+        return {"type": "http.request", "body": parts.pop(0), "more_body": False}
+
+    request = StarletteRequest({"type": "http", "method": "POST", "headers": [], "path": "/"}, receive)
+    with pytest.raises(RequestTimeout):
+        asyncio.run(read_json(request, CAP, timeout_seconds=0.2))
+
+
+def test_the_bytes_held_at_once_are_bounded_and_given_back():
+    budget = BodyBudget(max_bytes=CAP, retry_after=7)
+    with TestClient(_app(budget=budget), raise_server_exceptions=False) as c:
+        assert c.post("/read", content=b'{"a": 1}').status_code == 200
+        assert budget.held == 0  # given back after each request
+        budget.held = CAP - 4  # other requests hold almost all of it
+        r = c.post("/read", content=b'{"a": 12345}')
+        assert r.status_code == 503 and r.headers["retry-after"] == "7" and r.json()["error"] == "Overloaded"
+        assert budget.held == CAP - 4

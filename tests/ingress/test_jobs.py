@@ -89,3 +89,5 @@ def test_redact_replaces_webhook_urls_entirely_and_drops_user_info():
     assert echo["webhook"].startswith("redacted:sha256:") and "secret" not in echo["webhook"]
     assert webhook_fingerprint(secret_url) != webhook_fingerprint(secret_url + "x")
     assert echo["image"] == "https://h.example/a.png?token=REDACTED&w=2"
+    assert redact(ImageToImageRequest(app_id="ap-x", image="http://[2001:db8::1]:8080/a.png"))["image"] == (
+        "http://[2001:db8::1]:8080/a.png")
