@@ -49,6 +49,7 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
             family=family_name,
             gpu=gpu,
             max_side=family.max_side,
+            stall_seconds=family.stall_seconds,
         )
     return bound
 

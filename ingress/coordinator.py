@@ -48,6 +48,7 @@ from storage.tasks import (
     TaskStore,
     dead_letter_key,
     parse_outbox_key,
+    task_created_at,
 )
 
 log = logging.getLogger(__name__)
@@ -59,23 +60,26 @@ RETENTION_SWEEP_SECONDS = 600.0
 LOCK_PRUNE_AGE_SECONDS = 3600.0
 
 
-def worker_lost(exc: BaseException) -> bool:
-    """Whether a failed ``run_task`` call means the worker (its process, node or connection)
-    is gone, as opposed to an error raised by the job, which is not retried."""
+def classify_failure(exc: BaseException) -> str:
+    """What a failed ``run_task`` call says about its worker:
+
+    * ``"dead"``: its process, node or raylet is known to be gone (it cannot be running);
+    * ``"unknown"``: the call broke but the worker may still be running (the replica was
+      unreachable, the connection dropped): only its lease can tell;
+    * ``"error"``: the worker answered with an exception of its own: not retried.
+    """
     from ray import exceptions as ray_errors
 
-    gone = (ray_errors.RayActorError, ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
+    dead = (ray_errors.ActorDiedError, ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
             ray_errors.OutOfMemoryError, ray_errors.LocalRayletDiedError)
-    if isinstance(exc, gone):
-        return True
+    if isinstance(exc, dead):
+        return "dead"
     if isinstance(exc, ray_errors.RayTaskError):
-        return isinstance(getattr(exc, "cause", None), gone)
-    try:
-        import grpc
-
-        return isinstance(exc, grpc.aio.AioRpcError)  # the replica's connection broke
-    except ImportError:  # pragma: no cover
-        return False
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, dead):
+            return "dead"
+        return "unknown" if isinstance(cause, ray_errors.RayActorError) else "error"
+    return "unknown"  # ActorUnavailableError, a broken gRPC connection, anything else of the transport
 
 
 class TaskCoordinator:
@@ -174,7 +178,7 @@ class TaskCoordinator:
             if deadline is not None and now > deadline:
                 if task_id not in self._timing_out:
                     self._timing_out.add(task_id)
-                    self._spawn(self._time_out(tenant, task_id))
+                    self._spawn(self._time_out(tenant, task_id, info.key))
                 continue
             if task_id in self.inflight or not self._has_room(deployment):
                 continue
@@ -241,31 +245,29 @@ class TaskCoordinator:
 
     def _take_attempt(self, tenant: str, task_id: str) -> tuple[int | None, TaskRecord | None]:
         """Claim the next attempt of a task that needs one (CAS). Returns (attempt, record)."""
-        taken: list[int] = []
 
         def change(r: TaskRecord):
-            taken.clear()
             if r.terminal or not self._lapsed(r):
                 return False
             if r.cancel_requested:
                 r.move("REVOKED", "cancelled" + (" (its worker was lost)" if r.status == "STARTED" else ""))
                 return None
             if r.attempts >= r.max_attempts:
-                r.fail("WorkerLost", f"quarantined: its worker was lost on each of {r.attempts} attempts")
+                r.fail("WorkerLost", f"quarantined after {r.attempts} attempts: each time its worker was lost "
+                       "or could not reach the object store")
                 return None
             if r.status == "STARTED":
                 r.move("PENDING", f"worker {r.lease_owner} lost on attempt {r.attempts}; retrying")
             r.attempts += 1
             r.hold_lease("dispatch", DISPATCH_LEASE_SECONDS)
-            taken.append(r.attempts)
             return None
 
-        record = self.tasks.update(tenant, task_id, change)
-        return (taken[0] if taken else None), record
+        record, written = self.tasks.apply(tenant, task_id, change)
+        taken = written and record is not None and not record.terminal
+        return (record.attempts if taken else None), record
 
     async def _run_attempt(self, record: TaskRecord, attempt: int) -> bool:
         """Send one attempt to its family; True means "take another attempt now"."""
-        from ray import exceptions as ray_errors
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         tenant, task_id = record.tenant, record.task_id
@@ -285,16 +287,17 @@ class TaskCoordinator:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if worker_lost(exc):
-                log.warning("task %s attempt %d: worker lost (%s); retrying", task_id, attempt, type(exc).__name__)
-                await asyncio.to_thread(self._expire, tenant, task_id, attempt)
-                return True
-            incident = new_incident()
-            cause = exc.cause if isinstance(exc, ray_errors.RayTaskError) else exc
-            log.error("task %s attempt %d failed on its worker (incident %s): %r", task_id, attempt, incident, cause)
-            await asyncio.to_thread(self._finish_failed, record, attempt, "InternalError",
-                                    f"the task failed on its worker (incident {incident})")
-            return False
+            kind = classify_failure(exc)
+            if kind == "error":
+                incident = new_incident()
+                log.error("task %s attempt %d failed on its worker (incident %s): %r", task_id, attempt, incident,
+                          getattr(exc, "cause", exc))
+                await asyncio.to_thread(self._finish_failed, record, attempt, "InternalError",
+                                        f"the task failed on its worker (incident {incident})")
+                return False
+            log.warning("task %s attempt %d: worker %s (%s)", task_id, attempt,
+                        "died" if kind == "dead" else "unreachable", type(exc).__name__)
+            return await asyncio.to_thread(self._after_lost_call, tenant, task_id, attempt, kind == "dead")
 
     def _finish_failed(self, record: TaskRecord, attempt: int, error: str, message: str) -> None:
         def change(r: TaskRecord):
@@ -319,48 +322,61 @@ class TaskCoordinator:
 
         self.tasks.update(tenant, task_id, change)
 
-    def _expire(self, tenant: str, task_id: str, attempt: int) -> None:
-        """The worker of ``attempt`` died: release its lease so the next attempt goes now."""
+    def _after_lost_call(self, tenant: str, task_id: str, attempt: int, dead: bool) -> bool:
+        """The call running ``attempt`` broke. If the attempt was never claimed, it did not
+        happen: give it back (a late claim of it can still win only while the task is
+        PENDING, so at most one worker ever runs it). If its worker is known dead, release
+        the lease so the next attempt goes now (True). Otherwise the worker may still be
+        running: its lease decides, on this replica's clock."""
 
         def change(r: TaskRecord):
             if r.terminal or r.attempts != attempt:
                 return False
+            if r.status == "PENDING":
+                r.attempts -= 1
+                r.release_lease()
+                return None
+            if not dead or r.lease_owner is None:
+                return False
             r.release_lease()
             return None
 
-        self.tasks.update(tenant, task_id, change)
+        record, written = self.tasks.apply(tenant, task_id, change)
+        return written and record is not None and record.status == "STARTED"
 
-    async def _time_out(self, tenant: str, task_id: str) -> None:
-        """The task is past its deadline: FAILURE/Timeout, and stop waiting for its worker
-        (which sees the task is no longer its own at its next renewal and stops)."""
+    async def _time_out(self, tenant: str, task_id: str, marker: str) -> None:
+        """The task's marker says it is past its deadline: FAILURE/Timeout, and stop waiting
+        for its worker (which sees the task is no longer its own at its next renewal and
+        stops). A marker whose task is gone or already settled goes too."""
         try:
-            record = await asyncio.to_thread(self.time_out, tenant, task_id)
+            record, changed = await asyncio.to_thread(self.time_out, tenant, task_id)
             running = self.inflight.get(task_id)
-            if running is not None:
+            if running is not None and changed:
                 running.cancel()
-            if record is not None:
+            if record is None or record.terminal:
+                await asyncio.to_thread(self.store.delete, marker)
+            if changed:
                 log.info("task %s: %s", task_id, record.error_data)
         except Exception:
             log.exception("timing out task %s failed; the next scan retries", task_id)
+        finally:
             self._timing_out.discard(task_id)
 
-    def time_out(self, tenant: str, task_id: str) -> TaskRecord | None:
-        """Fail an unfinished task with ``Timeout`` (CAS) and settle it; the record, if changed."""
-        changed = False
+    def time_out(self, tenant: str, task_id: str, force: bool = False) -> tuple[TaskRecord | None, bool]:
+        """Fail an unfinished task past its deadline (or any, with ``force``) with ``Timeout``
+        (CAS) and settle it. Returns ``(record, changed)``."""
 
         def change(r: TaskRecord):
-            nonlocal changed
-            if r.terminal:
+            if r.terminal or not (force or r.deadline_at is None or time.time() >= r.deadline_at):
                 return False
-            limit = round((r.deadline_at or r.created_at) - r.created_at)
+            limit = round((r.deadline_at or r.created_at) - task_created_at(r.task_id))
             r.fail("Timeout", f"the task did not finish within its deadline of {limit} s")
-            changed = True
             return None
 
-        record = self.tasks.update(tenant, task_id, change)
-        if record is not None and record.terminal:
+        record, changed = self.tasks.apply(tenant, task_id, change)
+        if changed and record is not None:
             self.tasks.settle(record)
-        return record if changed else None
+        return record, changed
 
     # -- webhooks -----------------------------------------------------------
     async def webhook_scan(self) -> int:
@@ -369,7 +385,11 @@ class TaskCoordinator:
         s = self.settings
         now = time.time()
         started = 0
-        for info in await asyncio.to_thread(self.store.list, OUTBOX_PREFIX):
+        listed = await asyncio.to_thread(self.store.list, OUTBOX_PREFIX)
+        present = {info.key for info in listed}
+        for key in set(self._webhook_not_before) - present:
+            self._webhook_not_before.pop(key, None)
+        for info in listed:
             if len(self._webhooks) >= s.webhook_concurrency:
                 break
             key = info.key
@@ -392,6 +412,14 @@ class TaskCoordinator:
         return started
 
     async def _deliver_one(self, key: str, tenant: str) -> None:
+        try:
+            await self._deliver(key, tenant)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook delivery of %s failed; the next scan retries", key)
+
+    async def _deliver(self, key: str, tenant: str) -> None:
         from ingress.webhooks import WebhookPolicy, deliver, next_delay, sign_headers
 
         s = self.settings
@@ -455,8 +483,9 @@ class TaskCoordinator:
             if len(parts) == 5 and parts[2] == "tasks" and parts[4] == "record.json":
                 record = self.tasks.get(parts[1], parts[3])
                 if record is not None and not record.terminal:
-                    self.time_out(parts[1], parts[3])
-                    continue
+                    record, _ = self.time_out(parts[1], parts[3], force=True)  # through its CAS first
+                    if record is None or not record.terminal:
+                        continue  # changed under us: the next sweep looks again
             self.store.delete(info.key)
             removed += 1
         prune = getattr(self.store, "prune_locks", None)

@@ -135,6 +135,9 @@ class FamilyConfig(_Strict):
     max_side: int = Field(
         1536, ge=64, le=8192, description="Largest image side the family's replicas accept (checked again there)."
     )
+    stall_seconds: float = Field(
+        300, gt=0, description="A generation that finishes no step for this long fails the replica's health check."
+    )
     deployment: DeploymentOptions = DeploymentOptions()
     #: Per-GPU-type overrides of ``deployment`` (e.g. more replicas on a100).
     per_gpu: dict[GpuType, DeploymentOptions] = Field(default_factory=dict)

@@ -109,13 +109,20 @@ class Secrets:
         return found
 
     def webhook_tenants(self) -> list[str]:
-        tenants = sorted(self.webhook_secrets())
-        for tenant in tenants:
+        """The tenants with a webhook secret, each name and secret checked."""
+        from standardwebhooks import Webhook
+
+        found = self.webhook_secrets()
+        for tenant, secret in found.items():
             try:
                 validate_tenant(tenant)
             except ValueError as exc:
                 raise ValueError(f"webhook secrets: {exc}") from None
-        return tenants
+            try:
+                Webhook(secret)
+            except Exception:
+                raise ValueError(f"webhook secrets: the secret of tenant {tenant!r} is not whsec_<base64>") from None
+        return sorted(found)
 
     def _pick(self, names: tuple[str, ...]) -> dict[str, str]:
         return {k: self.env[k] for k in names if k in self.env}

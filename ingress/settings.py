@@ -35,6 +35,10 @@ class IngressSettings(BaseSettings):
         64 * 1024 * 1024, ge=1024,
         description="Largest body of a route that takes images (two inline images at the 20 MiB cap fit).",
     )
+    max_buffered_body_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Body bytes one ingress replica holds at once (503 beyond)."
+    )
+    body_read_seconds: float = Field(60, gt=0, description="A body not received within this long is a 408.")
     sync_timeout_seconds: float = Field(
         300, gt=0, description="A synchronous call that takes longer answers 504 Timeout."
     )
@@ -59,7 +63,7 @@ class IngressSettings(BaseSettings):
     webhook_tenants: list[str] = Field(
         default_factory=list, description="Tenants that have a webhook secret (what the ingress is told)."
     )
-    webhook_concurrency: int = Field(16, ge=1, le=256, description="Webhook deliveries in flight at once.")
+    webhook_concurrency: int = Field(64, ge=1, le=1024, description="Webhook deliveries in flight at once.")
     webhook_tenant_concurrency: int = Field(
         4, ge=1, le=256, description="Webhook deliveries in flight at once for one tenant."
     )

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from ray import exceptions as ray_errors
 
-from ingress.coordinator import TaskCoordinator, worker_lost
+from ingress.coordinator import TaskCoordinator, classify_failure
 from ingress.webhooks import new_secret
 from storage.tasks import TaskRecord, new_task_id, outbox_key, record_key
 from tests.support.peers import silent_server
@@ -86,32 +86,53 @@ def test_a_lease_lapses_only_after_standing_still_for_its_length_on_our_clock(co
     assert attempt == 2 and any("w1 lost" in (h.note or "") for h in record.history)
 
 
+def start(c, tid, owner="w"):
+    c.tasks.update("t", tid, lambda r: (r.hold_lease(owner, 20), r.move("STARTED")))
+
+
 def test_lost_workers_are_retried_then_quarantined(coordinator):
     tid = submitted(coordinator)
     for attempt in (1, 2):
         assert coordinator._take_attempt("t", tid)[0] == attempt
-        coordinator.tasks.update("t", tid, lambda r: r.move("STARTED"))
-        coordinator._expire("t", tid, attempt)  # its worker died
+        start(coordinator, tid)
+        assert coordinator._after_lost_call("t", tid, attempt, dead=True)  # its worker died: retry now
     _, record = coordinator._take_attempt("t", tid)
     assert record.status == "FAILURE" and record.error == "WorkerLost"
     assert "2 attempts" in record.error_data
 
 
+def test_an_unreachable_worker_keeps_its_lease_and_an_unclaimed_attempt_is_given_back(coordinator):
+    c = coordinator
+    running, waiting = submitted(c), submitted(c)
+    for tid in (running, waiting):
+        assert c._take_attempt("t", tid)[0] == 1
+    start(c, running)
+    # The call broke but the worker may still be running: no second attempt until its lease lapses.
+    assert not c._after_lost_call("t", running, 1, dead=False)
+    assert c._take_attempt("t", running)[0] is None and c.tasks.get("t", running).lease_owner == "w"
+    # Never claimed: the attempt did not happen and does not count.
+    assert not c._after_lost_call("t", waiting, 1, dead=False)
+    record = c.tasks.get("t", waiting)
+    assert record.attempts == 0 and record.status == "PENDING" and record.lease_owner is None
+
+
 def test_cancelled_task_with_lost_worker_is_revoked_not_retried(coordinator):
     tid = submitted(coordinator)
     coordinator._take_attempt("t", tid)
-    coordinator.tasks.update("t", tid, lambda r: (r.move("STARTED"), setattr(r, "cancel_requested", True)))
-    coordinator._expire("t", tid, 1)
+    start(coordinator, tid)
+    coordinator.tasks.update("t", tid, lambda r: setattr(r, "cancel_requested", True))
+    coordinator._after_lost_call("t", tid, 1, dead=True)
     attempt, record = coordinator._take_attempt("t", tid)
     assert attempt is None and record.status == "REVOKED"
 
 
-def test_what_counts_as_a_lost_worker():
-    assert worker_lost(ray_errors.ActorDiedError())
-    assert worker_lost(ray_errors.ActorUnavailableError("gone", None))
-    assert worker_lost(ray_errors.RayTaskError("run_task", "tb", ray_errors.ActorDiedError()))
-    assert not worker_lost(ray_errors.RayTaskError("run_task", "tb", ValueError("a bug in the job")))
-    assert not worker_lost(ValueError("a bug"))
+def test_what_a_failed_call_says_about_its_worker():
+    assert classify_failure(ray_errors.ActorDiedError()) == "dead"
+    assert classify_failure(ray_errors.NodeDiedError("n")) == "dead"
+    assert classify_failure(ray_errors.RayTaskError("run_task", "tb", ray_errors.ActorDiedError())) == "dead"
+    assert classify_failure(ray_errors.ActorUnavailableError("unreachable", None)) == "unknown"
+    assert classify_failure(ConnectionResetError()) == "unknown"
+    assert classify_failure(ray_errors.RayTaskError("run_task", "tb", ValueError("a bug in the worker"))) == "error"
 
 
 def run_drive(c, tid):
@@ -121,7 +142,7 @@ def run_drive(c, tid):
     asyncio.run(go())
 
 
-def test_an_error_the_job_raised_fails_the_task_without_retry(coordinator):
+def test_an_exception_from_the_worker_fails_the_task_without_retry(coordinator):
     calls = []
 
     async def run_task(ref):
@@ -144,7 +165,8 @@ def test_a_dead_worker_is_retried_at_once(coordinator):
     async def run_task(ref):
         calls.append(ref.attempt)
         if ref.attempt == 1:
-            raise ray_errors.ActorDiedError()
+            start(coordinator, ref.task_id)
+            raise ray_errors.ActorDiedError()  # killed while running it
         coordinator.tasks.update("t", ref.task_id, lambda r: r.move("SUCCESS"))
         return "SUCCESS"
 
@@ -279,7 +301,8 @@ def test_retention_sweep_deletes_old_objects_and_only_finished_records(coordinat
     c.sweep_expired()
     assert not store.exists("tenants/t/images/old/0.png") and store.exists("tenants/t/images/new/0.png")
     assert c.tasks.get("t", finished) is None
-    survivor = c.tasks.get("t", running)  # not deleted under its worker: failed through its CAS first
-    assert survivor.status == "FAILURE" and survivor.error == "Timeout"
+    # An unfinished record that old is failed through its CAS (settled: no marker left) before it goes.
+    assert c.tasks.get("t", running) is None
+    assert running not in [q[0] for _, q in c.tasks.queued()]
     assert not finished_lock.exists()  # a deleted record's lock goes with it
     assert not orphan.exists()  # stale, unheld lock files are pruned

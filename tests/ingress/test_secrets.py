@@ -50,7 +50,8 @@ def test_keys_files_are_read_once_and_their_path_goes_nowhere(tmp_path):
     {"STUDIO_API_KEYS": json.dumps({"k": "bad tenant"})},
     {"STUDIO_API_KEYS": "not json"},
     {"STUDIO_API_KEYS": json.dumps(["k"])},
-    {"STUDIO_WEBHOOK_SECRETS": json.dumps({"-x": "whsec_x"})},
+    {"STUDIO_WEBHOOK_SECRETS": json.dumps({"-x": "whsec_c2VjcmV0"})},
+    {"STUDIO_WEBHOOK_SECRETS": json.dumps({"acme": "whsec_!!not base64!!"})},
 ])
 def test_bad_configuration_fails_fast_with_a_clear_message(env):
     with pytest.raises(ValueError) as info:
