@@ -166,6 +166,9 @@ def test_ingress_killed_while_submits_are_in_flight(cluster, seaweed_s3):
     assert made == set(ids), "a retried submit made a second task"
     final = settle_all(cluster, ids)
     assert all(env["status"] == "SUCCESS" for env in final.values()), final
+    markers = seaweed_s3.client().list_objects_v2(Bucket=bucket, Prefix="queue/").get("Contents", [])
+    left = [o["Key"] for o in markers if int(o["Key"].removeprefix("queue/")[:16], 16) >= began]
+    assert not left, f"queue markers outlived their tasks: {left}"
 
 
 def test_coordinator_killed_mid_run(cluster):

@@ -90,6 +90,21 @@ def test_async_submits_refuse_what_sync_refuses(client, image):
     assert "Errno" not in submit.json()["error_data"] and "Error:" not in submit.json()["error_data"]
 
 
+@pytest.mark.parametrize("route, body, field", [
+    ("getTextToImage", {**QUICK, "clip_skip": 5}, "clip_skip"),  # the tiny text encoder has 4 layers
+    ("getTextToImage", {**QUICK, "scheduler": "DDIMScheduler", "use_karras_sigmas": True}, "use_karras_sigmas"),
+    ("getTextToImage", {**QUICK, "scheduler": "IPNDMScheduler"}, "scheduler"),
+    ("getImageToImage", {"app_id": "ap-sd15-img2img", "image": data_uri((256, 256)), "strength": 0,
+                         "num_inference_steps": 2}, "strength"),
+])
+def test_async_submits_refuse_what_the_model_would(client, route, body, field):
+    sync = client.post(f"/{route}", json=body)
+    submit = client.post(f"/{route}", json={**body, "celery": True})
+    assert sync.status_code == submit.status_code == 422, (sync.text, submit.text)
+    assert sync.json()["error_data"] == submit.json()["error_data"]
+    assert submit.json()["error_data"].startswith(f"{field}:")
+
+
 def test_async_inputs_are_captured_at_submit(client, image_server):
     _Images.files["/once.png"] = png((320, 256), (1, 2, 3))
     env = client.post("/getImageToImage", json={"app_id": "ap-sd15-img2img", "image": f"{image_server}/once.png",
@@ -134,8 +149,17 @@ def test_the_file_route_refuses_traversal_and_expired_links(client, service):
                  "/api/v1/studio/files/..%2F.signing-secret"):
         status, body = _raw_get(service, f"{path}?{url.query}")
         assert status == 404 and body.get("error") == "NotFound", path
-    # A link signed correctly but past its expiry.
+    # Links signed with the real secret for a key that climbs out: refused by the key rules
+    # themselves, not only by the signature.
     secret = (service.workdir / "data/objects/.signing-secret").read_bytes().strip()
+    later = int(time.time()) + 600
+    for evil in ("tenants/tenant-a/../../.signing-secret", "../.signing-secret", "tenants/tenant-a/../tenant-b/x"):
+        signature = hmac.new(secret, f"{evil}\n{later}".encode(), hashlib.sha256).hexdigest()
+        for path in (evil, evil.replace("..", "%2e%2e")):
+            status, body = _raw_get(service, f"/api/v1/studio/files/{path}?expires={later}&signature={signature}")
+            assert status == 404 and body.get("error") == "NotFound", path
+            assert secret.decode() not in json.dumps(body)
+    # A link signed correctly but past its expiry.
     key = url.path.split("/files/", 1)[1]
     expires = int(time.time()) - 1
     signature = hmac.new(secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
