@@ -49,3 +49,20 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         """Every object whose key starts with ``prefix`` (a folder-like prefix ending in ``/``)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a store call failed for a reason that may pass on its own (the network, the
+    server, throttling, contention), as opposed to a missing object or a refused write."""
+    if isinstance(exc, (ObjectNotFound, PreconditionFailed)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    try:
+        from storage.s3 import is_transient_s3
+    except ImportError:  # pragma: no cover
+        return False
+    return is_transient_s3(exc)

@@ -21,6 +21,22 @@ def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "InternalError",
+                    "ServiceUnavailable", "RequestTimeTooSkewed"}
+
+
+def is_transient_s3(exc: BaseException) -> bool:
+    """A boto3 failure that may pass: a 5xx or throttling answer, or no answer at all."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status >= 500 or status == 429 or _error_code(exc) in _TRANSIENT_CODES
+    return isinstance(exc, BotoCoreError)  # endpoint unreachable, timeouts, dropped connections
+
+
 class S3ObjectStore:
     """An ``ObjectStore`` on one S3 bucket.
 

@@ -123,7 +123,8 @@ class TaskRecord(BaseModel):
     status: Status = "PENDING"
     history: list[Transition] = Field(default_factory=list)
     progress: float = 0.0
-    attempts: int = 0
+    attempts: int = Field(0, description="Attempts dispatched; numbers are never reused.")
+    unclaimed: int = Field(0, description="Of those, attempts no worker ever claimed (they do not count).")
     max_attempts: int = 3
     lease_owner: str | None = Field(None, description="Who holds the current attempt: a worker, or 'dispatch'.")
     lease_seq: int = Field(0, description="Bumped by every lease write (dispatch, claim, renewal).")
@@ -132,6 +133,7 @@ class TaskRecord(BaseModel):
     )
     deadline_at: float | None = Field(None, description="Unix time after which the task fails with Timeout.")
     payload_key: str | None = Field(None, description="The job payload this task was created with.")
+    write_token: str | None = Field(None, description="Who wrote this version: one token per update call.")
     cancel_requested: bool = False
     output_keys: list[str] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
@@ -154,6 +156,11 @@ class TaskRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def runs(self) -> int:
+        """Attempts that a worker claimed (or may have): what the quarantine counts."""
+        return self.attempts - self.unclaimed
 
     def move(self, status: Status, note: str | None = None, now: float | None = None) -> None:
         """Change state and append the transition to the history."""
@@ -212,10 +219,9 @@ class TaskStore:
         self.store.put(record.payload_key, json.dumps(payload).encode(), "application/json")
         self.store.put(queue_key(tid, t, record.deployment, record.deadline_at), b"", "application/octet-stream")
         record.move("PENDING", "submitted", record.created_at)
-        try:
-            self.store.put_if(record_key(t, tid), record.model_dump_json().encode(), if_absent=True)
-        except PreconditionFailed:
-            existing = TaskRecord.model_validate_json(self._read_after_conflict(record_key(t, tid)))
+        created, current = self._create_or_read(record_key(t, tid), record.model_dump_json().encode())
+        if not created:
+            existing = TaskRecord.model_validate_json(current)
             if existing.payload_key == record.payload_key:
                 return existing, True  # our own write, retried by the client library
             for key in [*keys.values(), record.payload_key]:
@@ -228,25 +234,28 @@ class TaskStore:
     def claim_idempotency_key(self, tenant: str, key: str, body_hash: str, task_id: str) -> dict[str, Any] | None:
         """Bind ``key`` to ``task_id``; if it was already bound to another task, return that binding."""
         entry = json.dumps({"task_id": task_id, "body_sha256": body_hash, "at": time.time()}).encode()
-        try:
-            self.store.put_if(idempotency_key(tenant, key), entry, if_absent=True)
+        created, current = self._create_or_read(idempotency_key(tenant, key), entry)
+        if created:
             return None
-        except PreconditionFailed:
-            bound = json.loads(self._read_after_conflict(idempotency_key(tenant, key)))
-            return None if bound.get("task_id") == task_id else bound  # None: a retry of our own write
+        bound = json.loads(current)
+        return None if bound.get("task_id") == task_id else bound  # None: a retry of our own write
 
-    def _read_after_conflict(self, key: str, tries: int = 8) -> bytes:
-        """Read an object a conditional create just lost to. On S3 the winner's write may
-        still be in progress (409 ConditionalRequestConflict) and not yet readable: wait
-        for it briefly instead of failing."""
+    def _create_or_read(self, key: str, data: bytes, tries: int = 10) -> tuple[bool, bytes]:
+        """Create ``key`` if absent: ``(True, data)``; else ``(False, what is there)``.
+
+        A create that loses may find nothing to read yet: on S3 the other write may still
+        be committing (409 ConditionalRequestConflict), or may have failed. So the create
+        is tried again, with a short backoff, until one of the two happens."""
         for attempt in range(tries):
             try:
-                return self.store.get(key)
-            except ObjectNotFound:
-                if attempt == tries - 1:
-                    raise
-                time.sleep(0.02 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+                self.store.put_if(key, data, if_absent=True)
+                return True, data
+            except PreconditionFailed:
+                try:
+                    return False, self.store.get(key)
+                except ObjectNotFound:
+                    time.sleep(min(0.5, 0.02 * 2**attempt))
+        raise TimeoutError(f"{key}: a conditional create kept conflicting")  # transient: the caller may retry
 
     def idempotency_binding(self, tenant: str, key: str) -> dict[str, Any] | None:
         """What ``key`` is bound to (``{"task_id", "body_sha256", "at"}``), or None."""
@@ -301,35 +310,49 @@ class TaskStore:
         ``change`` mutates a fresh copy of the record on every try (it may run more
         than once); returning ``False`` means "no write". Returns ``(record, written)``:
         the record as stored afterwards (None if there is none) and whether this
-        call's change is what was stored. A conditional write that failed only
-        because the client library retried it after it had landed counts as written.
+        call's change is what was stored. Every version this call writes carries one
+        token of its own, so a write of ours that landed although its answer said
+        otherwise (the client library retried it; S3 answered 409 while it was still
+        committing) is recognised, whichever of our tries it was.
         """
         key = record_key(tenant, task_id)
+        token = secrets.token_hex(8)
         for _ in range(self.cas_retries):
             try:
                 raw, etag = self.store.get_versioned(key)
             except ObjectNotFound:
                 return None, False
             record = TaskRecord.model_validate_json(raw)
+            if record.write_token == token:  # an earlier try of ours landed after all
+                return record, True
             if change(record) is False:
                 return record, False
-            body = record.model_dump_json().encode()
+            record.write_token = token
             try:
-                self.store.put_if(key, body, if_match=etag)
+                self.store.put_if(key, record.model_dump_json().encode(), if_match=etag)
                 return record, True
             except PreconditionFailed:
-                try:
-                    if self.store.get_versioned(key)[0] == body:  # our write landed; its retry lost
-                        return record, True
-                except ObjectNotFound:
-                    return None, False
                 continue
-        raise RuntimeError(f"task {task_id}: too many concurrent updates")
+        raise TimeoutError(f"task {task_id}: too many concurrent updates")  # contention: transient
+
+    def markers(self, record: TaskRecord) -> list[str]:
+        """The queue marker keys ``record`` may have (one; the others are older spellings)."""
+        t, tid, d = record.tenant, record.task_id, record.deployment
+        keys = [queue_key(tid, t, d, record.deadline_at), queue_key(tid, t, d)]
+        if record.deadline_at is not None:
+            keys.append(f"{QUEUE_PREFIX}{tid}.{t}.{d}.{int(record.deadline_at)}")
+        return list(dict.fromkeys(keys))
 
     def settle(self, record: TaskRecord) -> None:
-        """After a terminal state: queue a webhook if asked for, drop the marker and the payload."""
+        """After a terminal state: queue a webhook if asked for, drop the marker and the payload.
+
+        Idempotent, and called again by the coordinator for a terminal task whose marker
+        is still there (its writer died before settling). The webhook is queued only while
+        a marker exists, so a settle that comes after the marker went (after the webhook may
+        have been delivered) never queues it a second time."""
+        markers = self.markers(record)
         payload = self.payload(record) or {}
-        if record.webhook:
+        if record.webhook and any(self.store.exists(m) for m in markers):
             entry = {"tenant": record.tenant, "task_id": record.task_id, "url": payload.get("webhook"),
                      "attempts": 0, "next_at": 0}
             try:
@@ -337,7 +360,8 @@ class TaskStore:
                                   if_absent=True)
             except PreconditionFailed:
                 pass
-        self.store.delete(queue_key(record.task_id, record.tenant, record.deployment, record.deadline_at))
+        for key in markers:
+            self.store.delete(key)
         for key in (payload.get("inputs") or {}).values():
             self.store.delete(key)
         if record.payload_key is not None:

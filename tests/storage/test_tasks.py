@@ -117,3 +117,25 @@ def test_queue_and_outbox_keys_round_trip():
     assert parse_queue_key("queue/a.b.c.notanumber") is None
     assert parse_outbox_key(outbox_key("abc", "acme")) == ("abc", "acme")
     assert parse_outbox_key("outbox/abc.json") is None
+
+
+def test_a_create_that_loses_to_a_write_still_committing_waits_for_it(tasks, monkeypatch):
+    """S3 answers 409 while the winner's write commits; the loser reads nothing yet. It must
+    neither fail nor make a second task: it tries again until it sees the winner's."""
+    tid = new_task_id()
+    winner = record(tid)
+    real_put_if = tasks.store.put_if
+    conflicts = []
+
+    def put_if(key, data, *args, **kwargs):
+        if key.endswith("record.json") and kwargs.get("if_absent") and len(conflicts) < 3:
+            conflicts.append(key)
+            if len(conflicts) == 3:  # the winner's write becomes visible on the third try
+                winner.move("PENDING", "submitted")
+                real_put_if(key, winner.model_dump_json().encode(), if_absent=True)
+            raise PreconditionFailed(key)
+        return real_put_if(key, data, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.store, "put_if", put_if)
+    stored, created = tasks.create(record(tid), {})
+    assert not created and stored.task_id == tid and len(conflicts) == 3
