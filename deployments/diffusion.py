@@ -38,6 +38,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, new_incident
+from deployments.job_rules import check_clip_skip, check_strength
 from deployments.schedulers import build_scheduler
 from deployments.types import JOB_IMAGES, GeneratedImage, ImageJob, ImageResult, TaskRef, job_from_payload
 
@@ -106,23 +107,13 @@ class DiffusionModel:
             raise InvalidJobError("batch", f"batch must be in 1..{self.max_batch}")
         if job.num_inference_steps < 1:
             raise InvalidJobError("num_inference_steps", "num_inference_steps must be at least 1")
-        if job.clip_skip is not None and not 0 <= job.clip_skip < self.text_encoder_layers:
-            raise InvalidJobError(
-                "clip_skip",
-                f"clip_skip must be in 0..{self.text_encoder_layers - 1}: this model's text encoder "
-                f"has {self.text_encoder_layers} layers",
-            )
+        check_clip_skip(job.clip_skip, self.text_encoder_layers)
         if job.task in ("img2img", "inpaint"):
             if job.image is None:
                 raise InvalidJobError("image", f"{job.task} needs an input image")
-            if not 0.0 < job.strength <= 1.0:
-                raise InvalidJobError("strength", "strength must be in (0, 1]")
-            if int(job.num_inference_steps * job.strength) < 1:
-                raise InvalidJobError(
-                    "strength",
-                    f"strength * num_inference_steps must be at least 1 (got {job.strength} * "
-                    f"{job.num_inference_steps}); raise strength or num_inference_steps",
-                )
+            if not 0.0 <= job.strength <= 1.0:
+                raise InvalidJobError("strength", "strength must be in 0..1")
+            check_strength(job.task, job.strength, job.num_inference_steps)
         if job.task == "inpaint" and job.mask is None:
             raise InvalidJobError("mask", "inpaint needs a mask image")
         if job.task == "text2img":
@@ -193,7 +184,8 @@ class DiffusionModel:
 
         with self._lock:
             pipe.scheduler = scheduler  # per request; safe under the lock
-            self.busy_since = self.last_progress = time.monotonic()
+            self.last_progress = time.monotonic()  # first: a health check in between must see it fresh
+            self.busy_since = self.last_progress
             try:
                 with torch.inference_mode():
                     images = pipe(**kwargs).images
@@ -378,17 +370,21 @@ class DiffusionFamily:
         in the final compare-and-swap. Returns what happened: the status this
         worker wrote, ``"skipped"`` (not ours to run), ``"superseded"``/``"lost"``
         (another attempt owns the task now), or ``"retry"`` (the object store
-        failed under us: the task is handed back for another attempt). Anything
-        the job raises ends the task as FAILURE with its reason, without a retry.
+        failed under us for a reason that may pass: the task is handed back, after
+        a backoff, for another attempt). Anything else that fails — the job, or the
+        worker's own code — ends the task as FAILURE with its reason, without a retry.
         """
         from deployments.tasks import TaskLease
+        from storage.base import is_transient
 
         lease = TaskLease(self.tasks, ref, self.owner)
         try:
             if not await asyncio.to_thread(lease.claim):
                 return "skipped"
-        except Exception:
-            logger.warning("task %s: could not claim attempt %d; the coordinator retries it", ref.task_id,
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning("task %s: could not claim attempt %d; its dispatch lease decides", ref.task_id,
                            ref.attempt, exc_info=True)
             return "retry"
         lease.start()
@@ -397,13 +393,18 @@ class DiffusionFamily:
         except asyncio.CancelledError:
             lease.stop_reason = lease.stop_reason or "lost"  # the thread stops at its next step
             raise
-        except Exception as exc:  # the store, not the job: hand the task back for another attempt
+        except Exception as exc:
             incident = new_incident()
-            logger.error("task %s attempt %d: storage failed (incident %s)", ref.task_id, ref.attempt, incident,
+            if is_transient(exc):
+                logger.error("task %s attempt %d: the object store failed (incident %s)", ref.task_id, ref.attempt,
+                             incident, exc_info=exc)
+                await asyncio.to_thread(lease.give_up, f"attempt {ref.attempt} could not reach the object store "
+                                                       f"(incident {incident}); retrying")
+                return "retry"
+            logger.error("task %s attempt %d failed in the worker (incident %s)", ref.task_id, ref.attempt, incident,
                          exc_info=exc)
-            await asyncio.to_thread(lease.give_up, f"attempt {ref.attempt} could not reach the object store "
-                                                   f"(incident {incident}); retrying")
-            return "retry"
+            await asyncio.to_thread(lease.fail, "InternalError", f"the task failed on its worker (incident {incident})")
+            return "FAILURE"
         finally:
             lease.stop()
 
@@ -432,6 +433,10 @@ class DiffusionFamily:
         images = await asyncio.to_thread(self._store_images, job, outputs)
         if await asyncio.to_thread(lease.succeed, images):
             return "SUCCESS"
+        current = await asyncio.to_thread(self.tasks.get, ref.tenant, ref.task_id)
+        published = set(current.output_keys) if current is not None else set()
+        if published & {i.key for i in images}:
+            return "SUCCESS"  # our write did land: never delete what a record publishes
         await asyncio.to_thread(self._delete_images, images)  # superseded: never visible
         return "superseded"
 
@@ -448,13 +453,19 @@ class DiffusionFamily:
         """The job stored at submit, with its captured input images, for ``attempt``."""
         from PIL import Image
 
+        from storage.base import ObjectNotFound
+
         payload = self.tasks.payload(record)
         if payload is None:
             return None
         images = {}
         for name, key in (payload.get("inputs") or {}).items():
             if name in JOB_IMAGES:
-                with Image.open(io.BytesIO(self.store.get(key)), formats=["PNG"]) as img:
+                try:
+                    data = self.store.get(key)
+                except ObjectNotFound:
+                    return None
+                with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
                     images[name] = img.convert("L" if name == "mask" else "RGB")
         job = job_from_payload(payload["job"], images)
         job.attempt = attempt
@@ -478,7 +489,9 @@ class DiffusionFamily:
             raise RuntimeError(f"the generation under way has finished no step for {stalled:.0f} s")
 
     def info(self) -> dict:
-        from deployments.schedulers import usable_scheduler_names
+        """Facts about the loaded model: what ``GET apps``-style callers and the ingress's
+        pre-checks (``ingress/model_checks.py``) need. Plain JSON."""
+        from deployments.schedulers import scheduler_capabilities
 
         p = self.model.pipelines
         return {
@@ -491,8 +504,7 @@ class DiffusionFamily:
             "device": p.device,
             "dtype": p.dtype,
             "default_scheduler": self.model.base_scheduler_config.get("_class_name"),
-            "scheduler_config": dict(self.model.base_scheduler_config),
             "max_side": self.model.max_side,
-            "schedulers": usable_scheduler_names(),
+            "schedulers": scheduler_capabilities(),
             "text_encoder_layers": self.model.text_encoder_layers,
         }

@@ -106,6 +106,77 @@ def _accepts(cls, parameter: str) -> bool:
     return parameter in inspect.signature(cls.__init__).parameters
 
 
+@lru_cache(maxsize=None)
+def scheduler_capabilities() -> dict[str, dict[str, Any]]:
+    """What each contract name offers here, as plain JSON: ``{name: {"usable", "reason",
+    "karras", "algorithms"}}``. A family reports it (``info()``) so that the ingress can
+    check a request's scheduler options with :func:`check_scheduler_options` without
+    importing diffusers."""
+    caps: dict[str, dict[str, Any]] = {}
+    for name in SCHEDULER_NAMES:
+        cls, reason = _resolve_class(name)
+        caps[name] = {
+            "usable": cls is not None,
+            "reason": reason,
+            "karras": cls is not None and _accepts(cls, "use_karras_sigmas"),
+            "algorithms": list(ALGORITHM_TYPES.get(name, ())) if cls is not None else [],
+        }
+    return caps
+
+
+def check_scheduler_options(
+    name: str | None,
+    default_name: str,
+    caps: Mapping[str, Mapping[str, Any]],
+    *,
+    use_karras_sigmas: bool | None = None,
+    algorithm_type: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Check a request's scheduler options against ``caps`` (see :func:`scheduler_capabilities`).
+
+    Returns the scheduler name (``default_name`` for None) and the config overrides the
+    options ask for; raises ``InvalidJobError`` naming the field for anything refused.
+    Pure: the family and the ingress run the same checks and say the same words.
+    """
+    usable = [n for n in SCHEDULER_NAMES if caps.get(n, {}).get("usable")]
+    if name is None:
+        name = default_name
+        cap = caps.get(name) or {"usable": True, "karras": False, "algorithms": list(ALGORITHM_TYPES.get(name, ()))}
+    else:
+        if name not in SCHEDULER_NAMES:
+            raise InvalidJobError("scheduler", f"unknown scheduler {name!r}; use one of: {', '.join(usable)}")
+        cap = caps.get(name, {})
+        if not cap.get("usable"):
+            raise InvalidJobError(
+                "scheduler", f"{name} is not usable here ({cap.get('reason')}); use one of: {', '.join(usable)}"
+            )
+    overrides: dict[str, Any] = {}
+    if use_karras_sigmas is not None:
+        if not cap.get("karras"):
+            with_karras = [n for n in usable if caps[n].get("karras")]
+            raise InvalidJobError(
+                "use_karras_sigmas", f"{name} has no Karras sigmas option; it applies to: {', '.join(with_karras)}"
+            )
+        overrides["use_karras_sigmas"] = bool(use_karras_sigmas)
+    if algorithm_type is not None:
+        allowed = cap.get("algorithms") or []
+        if not allowed:
+            raise InvalidJobError(
+                "algorithm_type", f"algorithm_type applies only to {', '.join(ALGORITHM_TYPES)}, not {name}"
+            )
+        value = ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
+        if value not in allowed:
+            raise InvalidJobError(
+                "algorithm_type",
+                f"{algorithm_type!r} is not an algorithm of {name}; use one of: {', '.join(allowed)}",
+            )
+        overrides["algorithm_type"] = value
+        if value in ("dpmsolver", "sde-dpmsolver"):
+            # final_sigmas_type "zero" (the default) is only defined for the ++ variants.
+            overrides["final_sigmas_type"] = "sigma_min"
+    return name, overrides
+
+
 def build_scheduler(
     name: str | None,
     base_config: Mapping[str, Any],
@@ -119,60 +190,25 @@ def build_scheduler(
     default). Raises ``InvalidJobError`` for names, options or values this
     server cannot honour.
     """
-    if name is None:
-        name = base_config.get("_class_name")
-        if not name:
-            raise ValueError("base_config has no _class_name; pass a scheduler name")
-        import diffusers
+    import diffusers
 
-        cls = getattr(diffusers, name)
-    else:
-        if name not in SCHEDULER_NAMES:
-            raise InvalidJobError(
-                "scheduler",
-                f"unknown scheduler {name!r}; use one of: {', '.join(usable_scheduler_names())}",
-            )
-        cls, reason = _resolve_class(name)
-        if cls is None:
-            raise InvalidJobError(
-                "scheduler",
-                f"{name} is not usable here ({reason}); use one of: "
-                f"{', '.join(usable_scheduler_names())}",
-            )
-
-    overrides: dict[str, Any] = {}
+    default_name = base_config.get("_class_name")
+    if name is None and not default_name:
+        raise ValueError("base_config has no _class_name; pass a scheduler name")
+    caps = dict(scheduler_capabilities())
+    if default_name and default_name not in caps:  # a model default outside the contract's names
+        cls = getattr(diffusers, default_name)
+        caps[default_name] = {"usable": True, "reason": None, "karras": _accepts(cls, "use_karras_sigmas"),
+                              "algorithms": list(ALGORITHM_TYPES.get(default_name, ()))}
+    name, overrides = check_scheduler_options(
+        name, default_name, caps, use_karras_sigmas=use_karras_sigmas, algorithm_type=algorithm_type
+    )
+    cls = getattr(diffusers, name)
     if name == "PNDMScheduler" and "skip_prk_steps" not in base_config:
         # PRK warm-up steps need several inference steps and are not what SD
         # checkpoints ship (they set skip_prk_steps=True); a config from another
         # class (SDXL's Euler) would otherwise turn them on.
         overrides["skip_prk_steps"] = True
-    if use_karras_sigmas is not None:
-        if not _accepts(cls, "use_karras_sigmas"):
-            with_karras = [n for n in usable_scheduler_names() if _accepts(_resolve_class(n)[0], "use_karras_sigmas")]
-            raise InvalidJobError(
-                "use_karras_sigmas",
-                f"{name} has no Karras sigmas option; it applies to: {', '.join(with_karras)}",
-            )
-        overrides["use_karras_sigmas"] = bool(use_karras_sigmas)
-
-    if algorithm_type is not None:
-        allowed = ALGORITHM_TYPES.get(name)
-        if allowed is None:
-            raise InvalidJobError(
-                "algorithm_type",
-                f"algorithm_type applies only to {', '.join(ALGORITHM_TYPES)}, not {name}",
-            )
-        value = ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
-        if value not in allowed:
-            raise InvalidJobError(
-                "algorithm_type",
-                f"{algorithm_type!r} is not an algorithm of {name}; use one of: {', '.join(allowed)}",
-            )
-        overrides["algorithm_type"] = value
-        if value in ("dpmsolver", "sde-dpmsolver"):
-            # final_sigmas_type "zero" (the default) is only defined for the ++ variants.
-            overrides["final_sigmas_type"] = "sigma_min"
-
     try:
         return cls.from_config(dict(base_config), **overrides)
     except (ValueError, NotImplementedError) as exc:  # a config the class refuses

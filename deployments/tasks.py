@@ -152,15 +152,17 @@ class TaskLease:
         return record
 
     def give_up(self, note: str) -> None:
-        """This attempt failed for a reason outside the job (the object store): hand the
-        task back, still PENDING, so the coordinator retries it now rather than after
-        the lease lapses. Best effort: if the store is down, the lease lapses instead."""
+        """This attempt failed for a reason outside the job that may pass (the object store):
+        hand the task back, PENDING, under a backoff lease (5 s, doubling per attempt, at
+        most 60 s) that the coordinator lets lapse before the next attempt. Best effort: if
+        the store is down, this lease lapses instead."""
+        backoff = min(60.0, 5.0 * 2 ** max(self.ref.attempt - 1, 0))
 
         def change(r: TaskRecord):
             if not self._mine(r):
                 return False
             r.move("PENDING", note)
-            r.release_lease()
+            r.hold_lease("backoff", backoff)
             return None
 
         self.stop_reason = self.stop_reason or "lost"

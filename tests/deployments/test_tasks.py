@@ -248,3 +248,60 @@ def test_an_error_the_job_raises_fails_the_task_with_a_reason(family, monkeypatc
     assert record.status == "FAILURE" and record.error == "ModelError"
     assert "incident" in record.error_data and "0x7f3a11" not in record.error_data
     assert "RuntimeError" not in record.error_data
+
+
+def test_a_store_failure_hands_the_task_back_after_a_backoff(family, monkeypatch):
+    tid = dispatched(family.tasks, job=job())
+
+    def store_down(*args, **kwargs):
+        raise ConnectionError("object store unreachable")
+
+    monkeypatch.setattr(family.store, "put", store_down)  # the upload of the outputs fails
+    assert asyncio.run(family.run_task(TaskRef("t", tid, 1))) == "retry"
+    record = family.tasks.get("t", tid)
+    assert record.status == "PENDING" and record.lease_owner == "backoff" and record.lease_seconds == 5
+    assert "object store" in record.history[-1].note
+
+
+def test_a_bug_in_the_worker_or_a_lost_input_fails_the_task_without_retry(family, monkeypatch):
+    tid = dispatched(family.tasks, job=job())
+    monkeypatch.setattr(family, "_load_job", lambda record, attempt: (_ for _ in ()).throw(TypeError("bug")))
+    assert asyncio.run(family.run_task(TaskRef("t", tid, 1))) == "FAILURE"
+    record = family.tasks.get("t", tid)
+    assert record.error == "InternalError" and "incident" in record.error_data and "bug" not in record.error_data
+    monkeypatch.undo()
+
+    src = Image.new("RGB", (64, 64))
+    tid = dispatched(family.tasks, job=ImageJob(task="img2img", tenant="t", request_id="x", prompt="p", image=src,
+                                                num_inference_steps=2, strength=0.5))
+    family.store.delete(family.tasks.payload(family.tasks.get("t", tid))["inputs"]["image"])
+    assert asyncio.run(family.run_task(TaskRef("t", tid, 1))) == "FAILURE"
+    record = family.tasks.get("t", tid)
+    assert record.error == "InternalError" and "input is gone" in record.error_data
+
+
+def test_a_finish_that_landed_late_is_not_mistaken_for_a_lost_attempt(family, monkeypatch):
+    """The final write's answer is lost but the write commits a moment later (S3 409 while
+    it commits): the worker must not delete the outputs the record now publishes."""
+    tasks = family.tasks
+    tid = dispatched(tasks, job=job(seed=5))
+    real_put_if = tasks.store.put_if
+    pending = []
+
+    def put_if(key, data, *args, **kwargs):
+        if key.endswith("record.json") and b'"SUCCESS"' in data:
+            if not pending:
+                pending.append((key, data, args, kwargs))
+                raise PreconditionFailed(key)  # answered "conflict" while it was still committing ...
+            if pending[0] is not None:
+                k, first, a, kw = pending[0]
+                pending[0] = None
+                real_put_if(k, first, *a, **kw)  # ... and it commits just before our retry
+        return real_put_if(key, data, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.store, "put_if", put_if)
+    assert asyncio.run(family.run_task(TaskRef("t", tid, 1))) == "SUCCESS"
+    monkeypatch.undo()
+    record = tasks.get("t", tid)
+    assert record.status == "SUCCESS" and record.output_keys
+    assert all(tasks.store.exists(k) for k in record.output_keys)
