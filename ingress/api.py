@@ -99,7 +99,7 @@ def create_api(studio: Studio) -> FastAPI:
             return envelope_response(await submit(route, app, gpu, req, tenant, request))
         request_id = uuid.uuid4().hex
         job = await build_job(app, req, tenant, request_id, limits)
-        await check_for_model(app, gpu, job)
+        await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
         result = await studio.dispatcher.run(app.family, gpu, job, studio.settings.sync_timeout_seconds)
         output, expires_at = await _outputs(studio, result)
         first = result.images[0]
@@ -121,8 +121,10 @@ def create_api(studio: Studio) -> FastAPI:
         )
         return envelope_response(env, headers={"X-Studio-Deployment": f"{app.family}-{gpu}"})
 
-    async def check_for_model(app, gpu: str, job) -> None:
-        facts = await studio.facts.get(deployment_name(app.family, gpu)) if studio.facts is not None else None
+    async def check_for_model(app, gpu: str, job, wait: bool) -> None:
+        facts = None
+        if studio.facts is not None:
+            facts = await studio.facts.get(deployment_name(app.family, gpu), wait=wait)
         check_job(job, facts)
 
     async def submit(route, app, gpu, req, tenant, request: Request) -> Envelope:
@@ -139,8 +141,9 @@ def create_api(studio: Studio) -> FastAPI:
             if not studio.settings.has_webhook_secret(tenant):
                 raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
             await check_webhook_destination(req.webhook, limits)
-        job = await build_job(app, req, tenant, new_task_id(), limits)
-        await check_for_model(app, gpu, job)
+        job = await build_job(app, req, tenant, "pending", limits)
+        await check_for_model(app, gpu, job, wait=True)
+        job.request_id = new_task_id()  # after the inputs: a task's deadline counts from its id
         return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
 
     def task_service() -> TaskService:

@@ -178,7 +178,7 @@ class TaskCoordinator:
             if deadline is not None and now > deadline:
                 if task_id not in self._timing_out:
                     self._timing_out.add(task_id)
-                    self._spawn(self._time_out(tenant, task_id, info.key))
+                    self._spawn(self._time_out(tenant, task_id, info.key, now - info.last_modified))
                 continue
             if task_id in self.inflight or not self._has_room(deployment):
                 continue
@@ -252,8 +252,8 @@ class TaskCoordinator:
             if r.cancel_requested:
                 r.move("REVOKED", "cancelled" + (" (its worker was lost)" if r.status == "STARTED" else ""))
                 return None
-            if r.attempts >= r.max_attempts:
-                r.fail("WorkerLost", f"quarantined after {r.attempts} attempts: each time its worker was lost "
+            if r.runs >= r.max_attempts:
+                r.fail("WorkerLost", f"quarantined after {r.runs} attempts: each time its worker was lost "
                        "or could not reach the object store")
                 return None
             if r.status == "STARTED":
@@ -297,7 +297,10 @@ class TaskCoordinator:
                 return False
             log.warning("task %s attempt %d: worker %s (%s)", task_id, attempt,
                         "died" if kind == "dead" else "unreachable", type(exc).__name__)
-            return await asyncio.to_thread(self._after_lost_call, tenant, task_id, attempt, kind == "dead")
+            again = await asyncio.to_thread(self._after_lost_call, tenant, task_id, attempt, kind == "dead")
+            if not again:  # give the deployment a scan to notice what broke before offering it more
+                self._full_until[record.deployment] = time.time() + self.settings.coordinator_poll_seconds * 0.9
+            return again
 
     def _finish_failed(self, record: TaskRecord, attempt: int, error: str, message: str) -> None:
         def change(r: TaskRecord):
@@ -311,32 +314,33 @@ class TaskCoordinator:
             self.tasks.settle(updated)
 
     def _give_back(self, tenant: str, task_id: str, attempt: int) -> None:
-        """The family was full: undo the attempt; the task stays PENDING for a later scan."""
+        """The family was full: the attempt never reached a worker and does not count (its
+        number is not reused); the task stays PENDING for a later scan."""
 
         def change(r: TaskRecord):
-            if r.status != "PENDING" or r.attempts != attempt:
+            if r.status != "PENDING" or r.attempts != attempt or r.lease_owner != "dispatch":
                 return False
-            r.attempts -= 1
+            r.unclaimed += 1
             r.release_lease()
             return None
 
         self.tasks.update(tenant, task_id, change)
 
     def _after_lost_call(self, tenant: str, task_id: str, attempt: int, dead: bool) -> bool:
-        """The call running ``attempt`` broke. If the attempt was never claimed, it did not
-        happen: give it back (a late claim of it can still win only while the task is
-        PENDING, so at most one worker ever runs it). If its worker is known dead, release
-        the lease so the next attempt goes now (True). Otherwise the worker may still be
-        running: its lease decides, on this replica's clock."""
+        """The call running ``attempt`` broke. If no worker claimed it, it does not count and
+        the task waits for the next scan; a late claim of it is refused, because the next
+        dispatch takes a new number. If its worker is known dead, release the lease so the
+        next attempt goes now (True). Otherwise the worker may still be running: its lease
+        decides, on this replica's clock."""
 
         def change(r: TaskRecord):
             if r.terminal or r.attempts != attempt:
                 return False
-            if r.status == "PENDING":
-                r.attempts -= 1
+            if r.status == "PENDING" and r.lease_owner == "dispatch":
+                r.unclaimed += 1
                 r.release_lease()
                 return None
-            if not dead or r.lease_owner is None:
+            if r.status != "STARTED" or not dead or r.lease_owner in (None, "dispatch"):
                 return False
             r.release_lease()
             return None
@@ -344,16 +348,19 @@ class TaskCoordinator:
         record, written = self.tasks.apply(tenant, task_id, change)
         return written and record is not None and record.status == "STARTED"
 
-    async def _time_out(self, tenant: str, task_id: str, marker: str) -> None:
+    async def _time_out(self, tenant: str, task_id: str, marker: str, marker_age: float) -> None:
         """The task's marker says it is past its deadline: FAILURE/Timeout, and stop waiting
         for its worker (which sees the task is no longer its own at its next renewal and
-        stops). A marker whose task is gone or already settled goes too."""
+        stops). A marker whose task is already settled goes too, and so does one whose
+        record never came (its submit died) once it is older than a submit can take."""
         try:
             record, changed = await asyncio.to_thread(self.time_out, tenant, task_id)
             running = self.inflight.get(task_id)
             if running is not None and changed:
                 running.cancel()
-            if record is None or record.terminal:
+            if record is not None and record.terminal and not changed:
+                await asyncio.to_thread(self.tasks.settle, record)  # its writer died before settling
+            if (record is not None and record.terminal) or (record is None and marker_age > ORPHAN_MARKER_SECONDS):
                 await asyncio.to_thread(self.store.delete, marker)
             if changed:
                 log.info("task %s: %s", task_id, record.error_data)
@@ -483,9 +490,10 @@ class TaskCoordinator:
             if len(parts) == 5 and parts[2] == "tasks" and parts[4] == "record.json":
                 record = self.tasks.get(parts[1], parts[3])
                 if record is not None and not record.terminal:
-                    record, _ = self.time_out(parts[1], parts[3], force=True)  # through its CAS first
-                    if record is None or not record.terminal:
-                        continue  # changed under us: the next sweep looks again
+                    # Through its CAS first (its worker stops, its webhook goes out); the record,
+                    # now rewritten, is deleted by a sweep once it is past the retention again.
+                    self.time_out(parts[1], parts[3], force=True)
+                    continue
             self.store.delete(info.key)
             removed += 1
         prune = getattr(self.store, "prune_locks", None)

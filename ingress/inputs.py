@@ -321,7 +321,7 @@ def _check_host_shape(host: str, field: str, limits: FetchLimits) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _dns_pool() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
+    return concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
 
 
 def _refusal(field: str, exc: SSRFGuardError) -> InputFetchError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +70,12 @@ class IngressSettings(BaseSettings):
     webhook_max_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried before a dead letter.")
     webhook_base_delay_seconds: float = Field(2, gt=0, description="First retry delay; doubles, with jitter.")
     webhook_max_delay_seconds: float = Field(300, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "IngressSettings":
+        if self.max_buffered_body_bytes < self.max_image_body_bytes:
+            raise ValueError("STUDIO_MAX_BUFFERED_BODY_BYTES must be at least STUDIO_MAX_IMAGE_BODY_BYTES")
+        return self
 
     def has_webhook_secret(self, tenant: str) -> bool:
         return tenant in self.webhook_tenants or self.webhook_secret(tenant) is not None

@@ -2,10 +2,12 @@
 
 import asyncio
 import io
+import time
 
 from PIL import Image
 
 from deployments.types import ImageJob
+from ingress import async_tasks
 from ingress.async_tasks import TaskService, body_digest
 from ingress.registry import AppConfig
 from ingress.schemas.generation import ImageToImageRequest
@@ -17,8 +19,18 @@ from storage.tasks import TaskStore, new_task_id
 APP = AppConfig(app_id="ap-x", name="x", family="sd15", task="img2img", inference_types=["a10g"])
 
 
-def test_racing_submits_with_one_key_make_one_task_one_marker_one_payload(tmp_path):
+def test_racing_submits_with_one_key_make_one_task_one_marker_one_payload(tmp_path, monkeypatch):
     store = open_store(StorageSettings(backend="local", local_root=tmp_path, signing_secret="s"))
+
+    class Clock:  # each submit reads a clock seconds apart from the others' (slow inputs, skewed hosts)
+        now = time.time()
+
+        @classmethod
+        def time(cls):
+            cls.now += 7.0
+            return cls.now
+
+    monkeypatch.setattr(async_tasks, "time", Clock)
     kicks = []
 
     async def kick(tenant, task_id, deployment):
@@ -29,7 +41,7 @@ def test_racing_submits_with_one_key_make_one_task_one_marker_one_payload(tmp_pa
     digest = body_digest(req.model_dump(mode="json", exclude_none=True))
 
     async def one(i):
-        await asyncio.sleep(0.001 * (i % 3))  # different submit times, as real clients have
+        await asyncio.sleep(0.001 * (i % 3))
         job = ImageJob(task="img2img", tenant="acme", request_id=new_task_id(), prompt="p",
                        image=Image.new("RGB", (64, 64), (i, i, i)))
         return await service.submit("getImageToImage", APP, "a10g", req, job, {}, "acme", "key-1", digest)

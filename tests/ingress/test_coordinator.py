@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from ray import exceptions as ray_errors
 
+from deployments.tasks import TaskLease
+from deployments.types import TaskRef
 from ingress.coordinator import TaskCoordinator, classify_failure
 from ingress.webhooks import new_secret
 from storage.tasks import TaskRecord, new_task_id, outbox_key, record_key
@@ -68,8 +70,10 @@ def test_attempts_are_counted_and_leased(coordinator):
     attempt, record = coordinator._take_attempt("t", tid)
     assert attempt == 1 and record.lease_owner == "dispatch" and record.lease_seconds > 0
     assert coordinator._take_attempt("t", tid)[0] is None  # leased: not again until it lapses
-    coordinator._give_back("t", tid, 1)  # the deployment was full
-    assert coordinator.tasks.get("t", tid).attempts == 0
+    coordinator._give_back("t", tid, 1)  # the deployment was full: that attempt does not count
+    record = coordinator.tasks.get("t", tid)
+    assert (record.attempts, record.unclaimed, record.runs) == (1, 1, 0)
+    assert coordinator._take_attempt("t", tid)[0] == 2  # numbers are never reused
 
 
 def test_a_lease_lapses_only_after_standing_still_for_its_length_on_our_clock(coordinator):
@@ -110,10 +114,15 @@ def test_an_unreachable_worker_keeps_its_lease_and_an_unclaimed_attempt_is_given
     # The call broke but the worker may still be running: no second attempt until its lease lapses.
     assert not c._after_lost_call("t", running, 1, dead=False)
     assert c._take_attempt("t", running)[0] is None and c.tasks.get("t", running).lease_owner == "w"
-    # Never claimed: the attempt did not happen and does not count.
+    # Never claimed: it does not count, and the next dispatch takes a new number, so the
+    # broken call's request, should it still reach a replica, cannot claim the task.
     assert not c._after_lost_call("t", waiting, 1, dead=False)
     record = c.tasks.get("t", waiting)
-    assert record.attempts == 0 and record.status == "PENDING" and record.lease_owner is None
+    assert (record.attempts, record.runs, record.status, record.lease_owner) == (1, 0, "PENDING", None)
+    assert c._take_attempt("t", waiting)[0] == 2
+    late = TaskLease(c.tasks, TaskRef("t", waiting, 1), "late-replica")
+    assert not late.claim()
+    assert TaskLease(c.tasks, TaskRef("t", waiting, 2), "w2").claim()
 
 
 def test_cancelled_task_with_lost_worker_is_revoked_not_retried(coordinator):
@@ -301,8 +310,48 @@ def test_retention_sweep_deletes_old_objects_and_only_finished_records(coordinat
     c.sweep_expired()
     assert not store.exists("tenants/t/images/old/0.png") and store.exists("tenants/t/images/new/0.png")
     assert c.tasks.get("t", finished) is None
-    # An unfinished record that old is failed through its CAS (settled: no marker left) before it goes.
-    assert c.tasks.get("t", running) is None
+    # An unfinished record that old is not deleted under its worker: failed through its CAS
+    # first (settled: no marker left), and deleted once that write is past the retention too.
+    survivor = c.tasks.get("t", running)
+    assert survivor.status == "FAILURE" and survivor.error == "Timeout"
     assert running not in [q[0] for _, q in c.tasks.queued()]
     assert not finished_lock.exists()  # a deleted record's lock goes with it
     assert not orphan.exists()  # stale, unheld lock files are pruned
+
+
+def test_timing_out_removes_settled_and_orphan_markers_but_not_a_young_one(coordinator):
+    c = coordinator
+    settled = submitted(c, deadline_at=time.time() - 5)
+    c.tasks.update("t", settled, lambda r: r.move("SUCCESS"))  # finished, but its writer died before settling
+    orphan_old, orphan_young = new_task_id(), new_task_id()
+    for tid in (orphan_old, orphan_young):  # a submit that died after its marker, before its record
+        c.store.put(f"queue/{tid}.t.sd15-a10g.{int(time.time()) - 5}", b"")
+    os.utime(c.store.root / f"data/queue/{orphan_old}.t.sd15-a10g.{int(time.time()) - 5}",
+             (time.time() - 300, time.time() - 300))
+
+    async def go():
+        await c.tick()
+        await asyncio.gather(*c._background)
+    asyncio.run(go())
+    left = [q[0] for _, q in c.tasks.queued()]
+    assert settled not in left and orphan_old not in left
+    assert orphan_young in left  # its submit may still be writing the record
+
+
+def test_time_out_rechecks_the_deadline_in_the_record(coordinator):
+    tid = submitted(coordinator, deadline_at=time.time() + 60)
+    record, changed = coordinator.time_out("t", tid)
+    assert not changed and record.status == "PENDING"  # a marker rounded up never fails a task early
+    record, changed = coordinator.time_out("t", tid, force=True)
+    assert changed and record.error == "Timeout"
+
+
+def test_a_late_settle_never_queues_a_webhook_twice(coordinator):
+    c = coordinator
+    tid = submitted(c, webhook=True)
+    done = c.tasks.update("t", tid, lambda r: r.move("SUCCESS"))
+    c.tasks.settle(done)
+    assert c.store.exists(outbox_key(tid, "t"))
+    c.store.delete(outbox_key(tid, "t"))  # delivered
+    c.tasks.settle(done)  # a coordinator that listed the marker before it went settles it again
+    assert not c.store.exists(outbox_key(tid, "t"))

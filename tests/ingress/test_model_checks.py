@@ -5,12 +5,12 @@ import asyncio
 
 import pytest
 
+from deployments.schedulers import scheduler_capabilities
 from deployments.types import ImageJob
 from ingress.errors import ValidationFailed
 from ingress.model_checks import ModelFacts, check_job
 
-FACTS = {"scheduler_config": {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "skip_prk_steps": True},
-         "text_encoder_layers": 4}
+FACTS = {"schedulers": scheduler_capabilities(), "default_scheduler": "PNDMScheduler", "text_encoder_layers": 4}
 
 
 def job(task="text2img", **kw) -> ImageJob:
@@ -45,31 +45,58 @@ def test_strength_times_steps_below_one_is_refused_without_facts():
 
 
 class _Info:
-    def __init__(self, delay):
+    def __init__(self, answers, delay=0.0):
+        self.answers = list(answers)
         self.delay = delay
         self.calls = 0
 
     def remote(self):
         self.calls += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
-        async def answer():
+        async def reply():
             await asyncio.sleep(self.delay)
-            return FACTS
-        return answer()
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return reply()
 
 
 class _Handle:
-    def __init__(self, delay):
-        self.info = _Info(delay)
+    def __init__(self, answers, delay=0.0):
+        self.info = _Info(answers, delay)
 
 
-def test_facts_are_fetched_once_and_a_slow_family_does_not_block():
+def test_facts_are_fetched_in_the_background_and_only_async_submits_wait_for_them():
     async def go():
-        fast, slow = _Handle(0), _Handle(30)
-        facts = ModelFacts({"fast": fast, "slow": slow}, timeout_seconds=0.2)
-        assert await facts.get("fast") == FACTS and await facts.get("fast") == FACTS
-        assert fast.info.calls == 1
-        assert await facts.get("slow") is None  # gave up waiting; the family checks the job itself
-        assert await facts.get("slow") is None and slow.info.calls == 1  # still the one fetch under way
-        assert await facts.get("unknown") is None
+        slow = _Handle([FACTS], delay=30)
+        facts = ModelFacts({"fast": _Handle([FACTS]), "slow": slow}, wait_seconds=0.2)
+        assert await facts.get("fast", wait=True) == FACTS
+        assert await facts.get("slow") is None  # a synchronous call never waits
+        began = asyncio.get_running_loop().time()
+        assert await facts.get("slow", wait=True) is None  # an async submit waits a little, no more
+        assert asyncio.get_running_loop().time() - began < 1
+        assert slow.info.calls == 1  # one fetch under way, not one per request
+        assert await facts.get("unknown", wait=True) is None
+        for task in facts._fetchers.values():
+            task.cancel()
     asyncio.run(go())
+
+
+def test_a_failed_fetch_is_retried_and_malformed_facts_are_ignored():
+    async def go():
+        flaky = _Handle([RuntimeError("busy"), FACTS])
+        old = _Handle([{"scheduler_config": {}, "schedulers": ["a list, from an older family"]}])
+        facts = ModelFacts({"flaky": flaky, "old": old}, wait_seconds=3)
+        assert await facts.get("flaky", wait=True) == FACTS and flaky.info.calls == 2
+        assert await facts.get("old", wait=True) is None  # not understood: the family decides
+        check_job(job(scheduler="DDIMScheduler", use_karras_sigmas=True), None)  # and nothing breaks
+        for task in facts._fetchers.values():
+            task.cancel()
+    asyncio.run(go())
+
+
+def test_facts_that_break_the_checks_never_become_a_500():
+    broken = {"schedulers": {"PNDMScheduler": {"usable": True, "karras": "maybe", "algorithms": 7}},
+              "default_scheduler": "PNDMScheduler", "text_encoder_layers": 4}
+    check_job(job(algorithm_type="dpmsolver++"), broken)  # a TypeError inside is left to the family
