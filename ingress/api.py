@@ -134,9 +134,11 @@ def create_api(studio: Studio) -> FastAPI:
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise ValidationFailed("Idempotency-Key: allowed: 1..255 characters")
-        digest = await asyncio.to_thread(body_digest, req.model_dump(mode="json", exclude_none=True))
-        if key is not None and (replay := await studio.tasks.replay(tenant, key, digest)) is not None:
-            return replay
+        digest = None
+        if key is not None:  # only a keyed submit is compared with an earlier one
+            digest = await asyncio.to_thread(body_digest, req.model_dump(mode="json", exclude_none=True))
+            if (replay := await studio.tasks.replay(tenant, key, digest)) is not None:
+                return replay
         if req.webhook:
             if not studio.settings.has_webhook_secret(tenant):
                 raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")

@@ -94,14 +94,14 @@ class TaskService:
 
     async def submit(
         self, route: str, app: AppConfig, gpu: str, req: GenerationRequest, job: ImageJob, echo: dict,
-        tenant: str, idempotency_key: str | None, digest: str,
+        tenant: str, idempotency_key: str | None, digest: str | None,
     ) -> Envelope:
         """Store a task whose job was built (inputs fetched, checked and sized) by the caller.
 
         Concurrent submits with one ``Idempotency-Key`` all answer with the one task
         that won the key and its record: never a 5xx, never two tasks."""
         task_id = job.request_id
-        if idempotency_key is not None:
+        if idempotency_key is not None and digest is not None:
             bound = await asyncio.to_thread(self.tasks.claim_idempotency_key, tenant, idempotency_key, digest, task_id)
             if bound is not None:
                 self._same_body(bound, digest)

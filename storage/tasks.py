@@ -335,24 +335,16 @@ class TaskStore:
                 continue
         raise TimeoutError(f"task {task_id}: too many concurrent updates")  # contention: transient
 
-    def markers(self, record: TaskRecord) -> list[str]:
-        """The queue marker keys ``record`` may have (one; the others are older spellings)."""
-        t, tid, d = record.tenant, record.task_id, record.deployment
-        keys = [queue_key(tid, t, d, record.deadline_at), queue_key(tid, t, d)]
-        if record.deadline_at is not None:
-            keys.append(f"{QUEUE_PREFIX}{tid}.{t}.{d}.{int(record.deadline_at)}")
-        return list(dict.fromkeys(keys))
-
     def settle(self, record: TaskRecord) -> None:
         """After a terminal state: queue a webhook if asked for, drop the marker and the payload.
 
         Idempotent, and called again by the coordinator for a terminal task whose marker
         is still there (its writer died before settling). The webhook is queued only while
-        a marker exists, so a settle that comes after the marker went (after the webhook may
-        have been delivered) never queues it a second time."""
-        markers = self.markers(record)
+        the marker exists, so a settle that comes after the marker went (after the webhook
+        may have been delivered) never queues it a second time."""
+        marker = queue_key(record.task_id, record.tenant, record.deployment, record.deadline_at)
         payload = self.payload(record) or {}
-        if record.webhook and any(self.store.exists(m) for m in markers):
+        if record.webhook and self.store.exists(marker):
             entry = {"tenant": record.tenant, "task_id": record.task_id, "url": payload.get("webhook"),
                      "attempts": 0, "next_at": 0}
             try:
@@ -360,8 +352,7 @@ class TaskStore:
                                   if_absent=True)
             except PreconditionFailed:
                 pass
-        for key in markers:
-            self.store.delete(key)
+        self.store.delete(marker)
         for key in (payload.get("inputs") or {}).values():
             self.store.delete(key)
         if record.payload_key is not None:

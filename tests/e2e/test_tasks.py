@@ -128,6 +128,12 @@ def test_a_task_past_its_deadline_fails_and_frees_its_worker(client):
     assert wait_for(client, after["task_id"], timeout=60)["status"] == "SUCCESS"
 
 
+def test_idempotency_keys_are_bounded(client):
+    assert client.post("/getTextToImage", json=QUICK, headers={"Idempotency-Key": "k" * 255}).status_code == 200
+    r = client.post("/getTextToImage", json=QUICK, headers={"Idempotency-Key": "k" * 256})
+    assert r.status_code == 422 and "1..255" in r.json()["error_data"]
+
+
 def test_idempotency_key(client):
     headers = {"Idempotency-Key": "idem-1"}
     first = client.post("/getTextToImage", json=QUICK, headers=headers).json()

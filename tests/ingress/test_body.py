@@ -125,3 +125,38 @@ def test_the_bytes_held_at_once_are_bounded_and_given_back():
         r = c.post("/read", content=b'{"a": 12345}')
         assert r.status_code == 503 and r.headers["retry-after"] == "7" and r.json()["error"] == "Overloaded"
         assert budget.held == CAP - 4
+
+
+def test_two_bodies_at_once_share_the_budget():
+    """Two requests read at once: together they pass the budget, so the second to grow
+    past it is refused (503) while the first completes, and nothing stays held."""
+    import asyncio
+
+    from starlette.requests import Request as StarletteRequest
+
+    from ingress.errors import Overloaded
+
+    budget = BodyBudget(max_bytes=300, retry_after=1)
+
+    def request(gate: asyncio.Event):
+        parts = [b'{"a": "' + b"x" * 150, b'"}']
+
+        async def receive():
+            if len(parts) == 2:
+                return {"type": "http.request", "body": parts.pop(0), "more_body": True}
+            await gate.wait()
+            return {"type": "http.request", "body": parts.pop(0), "more_body": False}
+
+        return StarletteRequest({"type": "http", "method": "POST", "headers": [], "path": "/"}, receive)
+
+    async def go():
+        first_gate, second_gate = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(read_json(request(first_gate), CAP, budget=budget))
+        await asyncio.sleep(0.05)  # the first holds 157 bytes and waits for the rest
+        second = asyncio.create_task(read_json(request(second_gate), CAP, budget=budget))
+        with pytest.raises(Overloaded):
+            await second  # 157 more would pass 300
+        first_gate.set()
+        assert (await first)["a"] == "x" * 150
+        assert budget.held == 0
+    asyncio.run(go())
