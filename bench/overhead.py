@@ -258,7 +258,7 @@ async def handle_load(address: str, requests: int, concurrency: int, warmup: int
 def serve_uvicorn(port: int, config: Path, models_dir: Path, data_dir: Path) -> None:
     import uvicorn
 
-    from deployments.diffusion import DiffusionFamily
+    from deployments.families.diffusion import DiffusionFamily
     from deployments.tiny import make_tiny_models
     from ingress.api import Studio, create_api
     from ingress.auth import KeyRing

@@ -1,4 +1,5 @@
-"""Errors a family deployment raises; the ingress maps each to the envelope."""
+"""Errors a family deployment raises. Each carries its envelope ``error`` type and
+the ``public`` text a client may see; the ingress maps them once."""
 
 import uuid
 
@@ -11,9 +12,17 @@ def new_incident() -> str:
 class JobError(Exception):
     """Base class for errors about one job."""
 
+    error_type = "InternalError"
+
+    @property
+    def public(self) -> str:
+        return "the job failed"
+
 
 class InvalidJobError(JobError):
     """The job asks for something this model cannot do (a 422 for the client)."""
+
+    error_type = "ValidationError"
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
@@ -23,6 +32,10 @@ class InvalidJobError(JobError):
     def __reduce__(self):  # picklable across Ray (the default would call __init__ with one argument)
         return type(self), (self.field, self.message)
 
+    @property
+    def public(self) -> str:
+        return f"{self.field}: {self.message}"
+
 
 class ModelError(JobError):
     """The model failed while running a valid job.
@@ -30,6 +43,8 @@ class ModelError(JobError):
     ``str(exc)`` is the internal detail, for the log only; clients see
     :attr:`public`, which names the incident under which the detail was logged.
     """
+
+    error_type = "ModelError"
 
     def __init__(self, detail: str, incident: str | None = None):
         super().__init__(detail)

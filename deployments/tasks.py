@@ -23,7 +23,9 @@ import threading
 import time
 
 from deployments.errors import TaskStopped
-from deployments.types import GeneratedImage, TaskRef
+from typing import Any
+
+from deployments.types import Output, TaskRef
 from storage.tasks import TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
@@ -171,15 +173,14 @@ class TaskLease:
         except Exception:
             log.warning("task %s: could not hand back attempt %d", self.ref.task_id, self.ref.attempt, exc_info=True)
 
-    def succeed(self, images: list[GeneratedImage]) -> bool:
-        """Publish the outputs in the final compare-and-swap. False: the attempt is no
-        longer ours (superseded, revoked, timed out); the caller deletes its outputs."""
+    def succeed(self, outputs: list[Output], meta: dict[str, Any] | None = None) -> bool:
+        """Publish the outputs (and the result's meta) in the final compare-and-swap. False:
+        the attempt is no longer ours (superseded, revoked, timed out); the caller deletes
+        its outputs."""
 
         def apply(r: TaskRecord):
-            r.output_keys = [i.key for i in images]
-            r.seeds = [i.seed for i in images]
-            if images:
-                r.width, r.height = images[0].width, images[0].height
+            r.output_keys = [o.key for o in outputs]
+            r.output_meta = dict(meta or {})
             r.move("SUCCESS")
 
         return self._finish(apply) is not None

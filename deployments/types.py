@@ -1,28 +1,40 @@
 """Job and result types shared by the ingress and the family deployments.
 
 Free of HTTP types: the ingress turns a validated request into a job, a family
-deployment turns a job into a result.
+deployment turns a job into a :class:`Result` of stored :class:`Output` files.
+``Job`` holds what every job has; each output kind adds its fields (``ImageJob``
+for images; audio, text and vectors next). A job travels to an async task's
+worker as a payload: JSON scalars plus its input images as PNG bytes.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from PIL import Image
 
-Task = Literal["text2img", "img2img", "inpaint"]
+
+@dataclass
+class Job:
+    """One request, already validated, with its inputs fetched."""
+
+    task: str
+    tenant: str
+    request_id: str
+    return_bytes: bool = False  # outputs inline (``base64: true``) as well as stored
+    attempt: int | None = None  # async tasks: outputs are stored per attempt
+
+    #: The fields that hold input images (PIL); the rest are JSON scalars.
+    IMAGES: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass
-class ImageJob:
-    """One generation request, already validated, with its inputs fetched."""
+class ImageJob(Job):
+    """A diffusion job: text and options, and the input images its task takes."""
 
-    task: Task
-    tenant: str
-    request_id: str
-    prompt: str
+    prompt: str = ""
     negative_prompt: str | None = None
     height: int | None = None
     width: int | None = None
@@ -37,48 +49,58 @@ class ImageJob:
     clip_skip: int | None = None
     image: Image.Image | None = None
     mask: Image.Image | None = None
-    return_bytes: bool = False
-    attempt: int | None = None  # async tasks: outputs are stored per attempt
+
+    IMAGES: ClassVar[tuple[str, ...]] = ("image", "mask")
 
 
-#: The fields of an ``ImageJob`` that hold images; the rest are JSON scalars.
-JOB_IMAGES = ("image", "mask")
+JOB_TYPES: dict[str, type[Job]] = {"ImageJob": ImageJob}
 
 
-def job_to_payload(job: ImageJob) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """An ``ImageJob`` as JSON-able fields plus PNG bytes of its images (stored for async tasks)."""
-    data = {f.name: getattr(job, f.name) for f in fields(ImageJob) if f.name not in JOB_IMAGES}
-    images = {}
-    for name in JOB_IMAGES:
+def job_to_payload(job: Job) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A job as JSON-able fields plus PNG bytes of its images (stored for async tasks)."""
+    images = set(job.IMAGES)
+    data: dict[str, Any] = {f.name: getattr(job, f.name) for f in fields(job) if f.name not in images}
+    data["job_type"] = type(job).__name__
+    encoded = {}
+    for name in images:
         image = getattr(job, name)
         if image is not None:
             buf = io.BytesIO()
             image.save(buf, format="PNG", compress_level=1)  # lossless; fast over small
-            images[name] = buf.getvalue()
-    return data, images
+            encoded[name] = buf.getvalue()
+    return data, encoded
 
 
-def job_from_payload(data: dict[str, Any], images: dict[str, Image.Image]) -> ImageJob:
+def job_from_payload(data: dict[str, Any], images: dict[str, Image.Image]) -> Job:
     """The inverse of :func:`job_to_payload` (images already decoded)."""
-    known = {f.name for f in fields(ImageJob)} - set(JOB_IMAGES)
-    return ImageJob(**{k: v for k, v in data.items() if k in known}, **images)
+    job_type = JOB_TYPES[data.get("job_type", "ImageJob")]
+    image_names = set(job_type.IMAGES)
+    known = {f.name for f in fields(job_type)} - image_names
+    return job_type(**{k: v for k, v in data.items() if k in known},
+                    **{k: v for k, v in images.items() if k in image_names})
+
+
+def payload_images(job_type_name: str | None) -> list[str]:
+    """The image inputs a stored payload of this job type may carry."""
+    return list(JOB_TYPES[job_type_name or "ImageJob"].IMAGES)
 
 
 @dataclass
-class GeneratedImage:
-    """One output image: where it was stored and the seed that made it."""
+class Output:
+    """One stored output file, and what is known about it (an image's seed and size)."""
 
     key: str
-    seed: int
-    width: int
-    height: int
-    content_type: str = "image/png"
+    content_type: str
     data: bytes | None = None  # set only when the job asked for bytes
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class ImageResult:
-    images: list[GeneratedImage] = field(default_factory=list)
+class Result:
+    """A job's outputs, in order, and facts about them for the envelope's ``meta``."""
+
+    outputs: list[Output] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
     run_seconds: float = 0.0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 
-from deployments.types import ImageResult
+from deployments.types import Result
 from ingress.async_tasks import TaskService, body_digest
 from ingress.auth import KeyRing
 from ingress.body import BodyBudget, read_json
@@ -27,8 +27,9 @@ from ingress.errors import NotFound, ValidationFailed
 from ingress.inputs import FetchLimits
 from ingress.jobs import build_job, redact
 from ingress.model_checks import ModelFacts, check_job
-from ingress.registry import Registry, deployment_name
-from ingress.schemas.envelope import Envelope, ImageMeta
+from deployments.catalog import deployment_name
+from ingress.registry import Registry
+from ingress.schemas.envelope import Envelope, output_meta
 from ingress.schemas.generation import (
     GenerationRequest,
     ImageToImageRequest,
@@ -102,7 +103,6 @@ def create_api(studio: Studio) -> FastAPI:
         await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
         result = await studio.dispatcher.run(app.family, gpu, job, studio.settings.sync_timeout_seconds)
         output, expires_at = await _outputs(studio, result)
-        first = result.images[0]
         env = Envelope(
             time_required=round(time.perf_counter() - started, 4),
             input=redact(req),
@@ -110,13 +110,11 @@ def create_api(studio: Studio) -> FastAPI:
             app_id=app.app_id,
             task_id=request_id,
             status="SUCCESS",
-            meta=ImageMeta(
-                seeds=[i.seed for i in result.images], width=first.width, height=first.height, expires_at=expires_at
-            ),
+            meta=output_meta(result.meta, expires_at),
         )
         log.info(
             "generated",
-            extra={"app_id": app.app_id, "gpu": gpu, "tenant": tenant, "images": len(result.images),
+            extra={"app_id": app.app_id, "gpu": gpu, "tenant": tenant, "outputs": len(result.outputs),
                    "seconds": env.time_required},
         )
         return envelope_response(env, headers={"X-Studio-Deployment": f"{app.family}-{gpu}"})
@@ -207,10 +205,10 @@ def create_api(studio: Studio) -> FastAPI:
     return api
 
 
-async def _outputs(studio: Studio, result: ImageResult) -> tuple[list[str], float | None]:
-    """Image URLs that expire, or inline data: URIs when the job asked for bytes."""
-    if all(img.data is not None for img in result.images):
-        return [f"data:{i.content_type};base64,{base64.b64encode(i.data).decode()}" for i in result.images], None
+async def _outputs(studio: Studio, result: Result) -> tuple[list[str], float | None]:
+    """Output URLs that expire, or inline data: URIs when the job asked for bytes."""
+    if all(o.data is not None for o in result.outputs):
+        return [f"data:{o.content_type};base64,{base64.b64encode(o.data).decode()}" for o in result.outputs], None
     expiry = studio.url_expiry_seconds
-    urls = await asyncio.to_thread(lambda: [studio.store.url(i.key, expiry) for i in result.images])
+    urls = await asyncio.to_thread(lambda: [studio.store.url(o.key, expiry) for o in result.outputs])
     return urls, time.time() + expiry

@@ -17,8 +17,9 @@ from typing import Any, Awaitable, Callable
 
 from deployments.types import ImageJob, job_to_payload
 from ingress.errors import NotFound, ValidationFailed
-from ingress.registry import AppConfig, deployment_name
-from ingress.schemas.envelope import Envelope, ImageMeta
+from deployments.catalog import deployment_name
+from ingress.registry import AppConfig
+from ingress.schemas.envelope import Envelope, output_meta
 from ingress.schemas.generation import GenerationRequest
 from ingress.settings import IngressSettings
 from storage.base import ObjectStore
@@ -49,10 +50,7 @@ def task_envelope(record: TaskRecord, store: ObjectStore, url_expiry: int) -> En
         env.time_required = round(record.finished_at - record.created_at, 4)
     if record.status == "SUCCESS":
         env.output = [store.url(key, url_expiry) for key in record.output_keys]
-        env.meta = ImageMeta(
-            seeds=record.seeds, width=record.width or 0, height=record.height or 0,
-            expires_at=time.time() + url_expiry,
-        )
+        env.meta = output_meta(record.output_meta, time.time() + url_expiry)
     return env
 
 
@@ -110,8 +108,10 @@ class TaskService:
                     return await asyncio.to_thread(task_envelope, existing, self.tasks.store, self.url_expiry)
                 task_id = job.request_id = bound["task_id"]  # the winner has not written it yet, or died: finish it
         now = time.time()
+        deployment = deployment_name(app.family, gpu)
         record = TaskRecord(
             task_id=task_id, tenant=tenant, app_id=app.app_id, route=route, family=app.family, gpu=gpu,
+            deployment=deployment,
             reference_id=req.reference_id, input=echo, max_attempts=self.settings.task_max_attempts,
             webhook=bool(req.webhook), track_id=req.track_id, created_at=now,
             # From the id, so every racing writer of this task names the same queue marker.
@@ -125,7 +125,7 @@ class TaskService:
 
         stored, created = await asyncio.to_thread(store)
         if created:
-            kick = asyncio.create_task(self.kick(tenant, task_id, deployment_name(app.family, gpu)))
+            kick = asyncio.create_task(self.kick(tenant, task_id, deployment))
             self._kicks.add(kick)
             kick.add_done_callback(self._kicks.discard)
         return task_envelope(stored, self.tasks.store, self.url_expiry)

@@ -9,18 +9,23 @@ in its own ``runtime_env``.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
-from deployments.diffusion import DiffusionFamily
+from deployments.catalog import KINDS, deployment_name
 from ingress.coordinator import TaskCoordinator
 from ingress.deployment import StudioIngress
-from ingress.registry import ServiceConfig, deployment_name
+from ingress.registry import ServiceConfig
 from ingress.secrets import Secrets
 
-FAMILY_CLASSES = {"diffusion": DiffusionFamily}
+
+def family_class(kind: str) -> type:
+    """The deployment class that serves a family kind (``deployments.catalog.KINDS``)."""
+    module, _, name = KINDS[kind].deployment.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _with_env(actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
@@ -37,7 +42,7 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
         name = deployment_name(family_name, gpu)
         options = family.options_for(gpu).serve_options()
         deployment = serve.deployment(
-            FAMILY_CLASSES[family.kind],
+            family_class(family.kind),
             name=name,
             ray_actor_options=_with_env(config.gpu_pools[gpu].actor_options(), secrets.for_family()),
             **options,

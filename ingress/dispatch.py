@@ -11,15 +11,15 @@ import logging
 from typing import Any, Protocol
 
 from deployments.errors import InvalidJobError, ModelError, new_incident
-from deployments.types import ImageJob, ImageResult
+from deployments.types import Job, Result
 from ingress.errors import ModelFailure, Overloaded, Timeout, ValidationFailed
-from ingress.registry import deployment_name
+from deployments.catalog import deployment_name
 
 log = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
-    async def run(self, family: str, gpu: str, job: ImageJob, timeout: float) -> ImageResult:
+    async def run(self, family: str, gpu: str, job: Job, timeout: float) -> Result:
         """Run ``job`` on the (family, GPU type) deployment; raise contract errors."""
 
 
@@ -39,7 +39,7 @@ class ServeDispatcher:
         self._handles = handles
         self._retry_after = retry_after
 
-    async def run(self, family: str, gpu: str, job: ImageJob, timeout: float) -> ImageResult:
+    async def run(self, family: str, gpu: str, job: Job, timeout: float) -> Result:
         from ray import exceptions as ray_errors
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -71,7 +71,7 @@ class InProcessDispatcher:
     def __init__(self, families: dict[str, Any]):
         self._families = families
 
-    async def run(self, family: str, gpu: str, job: ImageJob, timeout: float) -> ImageResult:
+    async def run(self, family: str, gpu: str, job: Job, timeout: float) -> Result:
         try:
             return await asyncio.wait_for(self._families[deployment_name(family, gpu)].run(job), timeout)
         except asyncio.TimeoutError:

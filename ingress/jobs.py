@@ -11,11 +11,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
+from deployments.catalog import TASKS
 from deployments.types import ImageJob
 from ingress.errors import ValidationFailed
 from ingress.inputs import FetchLimits, load_image
 from ingress.registry import AppConfig
-from ingress.schemas.generation import GenerationRequest, ImageToImageRequest
+from ingress.schemas.generation import GenerationRequest
 
 _SECRET_PARAM = re.compile(r"(sig|signature|token|key|secret|credential|auth|password)", re.I)
 
@@ -23,7 +24,10 @@ _SECRET_PARAM = re.compile(r"(sig|signature|token|key|secret|credential|auth|pas
 async def build_job(
     app: AppConfig, req: GenerationRequest, tenant: str, request_id: str, limits: FetchLimits
 ) -> ImageJob:
-    """Fill the app's defaults, fetch and size the input images, and make the job."""
+    """Fill the app's defaults, fetch and size the input images its task takes
+    (``deployments.catalog.TASKS``), and make the job. The first input (the
+    reference image) is sized for the app; the others follow its size."""
+    spec = TASKS[app.task]
     d = app.defaults
     job = ImageJob(
         task=app.task,
@@ -43,20 +47,20 @@ async def build_job(
         clip_skip=req.clip_skip,
         return_bytes=req.base64,
     )
-    if app.task == "text2img":
+    if spec.strength is not None:
+        strength = getattr(req, "strength", None)
+        job.strength = strength if strength is not None else d.strength
+    if not spec.inputs:
         job.height = job.height or d.height
         job.width = job.width or d.width
         return job
-    assert isinstance(req, ImageToImageRequest)
-    job.strength = req.strength if req.strength is not None else d.strength
-    loads = [load_image(req.image, "image", limits)]
-    if app.task == "inpaint":
-        loads.append(load_image(req.mask_url, "mask_url", limits))
-    images = await asyncio.gather(*loads)
-    job.image = await asyncio.to_thread(_size_input, images[0], req.width, req.height, app)
-    job.width, job.height = job.image.size
-    if app.task == "inpaint":
-        job.mask = await asyncio.to_thread(lambda: images[1].convert("L").resize(job.image.size, Image.NEAREST))
+    images = await asyncio.gather(*(load_image(getattr(req, i.field), i.field, limits) for i in spec.inputs))
+    first = await asyncio.to_thread(_size_input, images[0], req.width, req.height, app)
+    setattr(job, spec.inputs[0].job_attr, first)
+    job.width, job.height = first.size
+    for item, image in zip(spec.inputs[1:], images[1:]):
+        sized = await asyncio.to_thread(lambda im=image, mode=item.mode: im.convert(mode).resize(first.size, Image.NEAREST))
+        setattr(job, item.job_attr, sized)
     return job
 
 
@@ -114,13 +118,16 @@ def redact(req: GenerationRequest) -> dict[str, Any]:
     to it) is replaced entirely by ``redacted:sha256:<first 16 hex of SHA-256 of the URL>``.
     """
     echo = req.model_dump(exclude_none=True)
-    for field in ("image", "mask_url"):
+    for field in _INPUT_FIELDS:
         value = echo.get(field)
         if isinstance(value, str):
             echo[field] = _redact_value(value)
     if isinstance(echo.get("webhook"), str):
         echo["webhook"] = webhook_fingerprint(echo["webhook"])
     return echo
+
+
+_INPUT_FIELDS = sorted({i.field for spec in TASKS.values() for i in spec.inputs})
 
 
 def webhook_fingerprint(url: str) -> str:

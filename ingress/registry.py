@@ -12,18 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-GpuType = Literal["a10g", "a100", "h100"]
-GPU_TYPES: tuple[str, ...] = ("a10g", "a100", "h100")
-
-AppTask = Literal["text2img", "img2img", "inpaint"]
-
-#: Which public route serves which app tasks.
-ROUTE_TASKS: dict[str, tuple[str, ...]] = {
-    "getTextToImage": ("text2img",),
-    "getImageToImage": ("img2img", "inpaint"),
-}
+from deployments.catalog import KINDS, TASKS, GpuType, route_tasks
 
 
 class _Strict(BaseModel):
@@ -130,7 +121,7 @@ class GpuPool(_Strict):
 class FamilyConfig(_Strict):
     """One set of weights served by one kind of family deployment."""
 
-    kind: Literal["diffusion"] = "diffusion"
+    kind: str = Field("diffusion", description="The family kind (deployments.catalog.KINDS).")
     model: ModelSource
     max_side: int = Field(
         1536, ge=64, le=8192, description="Largest image side the family's replicas accept (checked again there)."
@@ -145,6 +136,13 @@ class FamilyConfig(_Strict):
     def options_for(self, gpu: str) -> DeploymentOptions:
         return self.per_gpu.get(gpu, self.deployment)
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown family kind {kind!r}; use one of {', '.join(KINDS)}")
+        return kind
+
 
 class AppConfig(_Strict):
     """One public ``app_id``."""
@@ -152,10 +150,17 @@ class AppConfig(_Strict):
     app_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     name: str
     family: str
-    task: AppTask
+    task: str = Field(description="What the app does (deployments.catalog.TASKS).")
     inference_types: list[GpuType] = Field(min_length=1)
     limits: AppLimits = AppLimits()
     defaults: AppDefaults = AppDefaults()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        return task
 
     @model_validator(mode="after")
     def _consistent(self) -> "AppConfig":
@@ -181,7 +186,7 @@ class AppConfig(_Strict):
             "name": self.name,
             "family": self.family,
             "task": self.task,
-            "routes": [r for r, tasks in ROUTE_TASKS.items() if self.task in tasks],
+            "routes": [r for r, tasks in route_tasks().items() if self.task in tasks],
             "inference_types": list(self.inference_types),
             "default_inference_type": self.default_gpu,
             "limits": self.limits.model_dump(),
@@ -218,6 +223,10 @@ class ServiceConfig(_Strict):
             seen.add(app.app_id)
             if app.family not in self.families:
                 raise ValueError(f"app {app.app_id}: unknown family {app.family!r}")
+            kind = self.families[app.family].kind
+            if TASKS[app.task].kind != kind:
+                raise ValueError(f"app {app.app_id}: task {app.task} runs on {TASKS[app.task].kind} families, "
+                                 f"not on family {app.family} ({kind})")
             side = self.families[app.family].max_side
             if max(app.limits.height.max, app.limits.width.max) > side:
                 raise ValueError(f"app {app.app_id}: its size limits exceed family {app.family}'s max_side {side}")
@@ -240,10 +249,6 @@ class ServiceConfig(_Strict):
                 if (app.family, gpu) not in keys:
                     keys.append((app.family, gpu))
         return keys
-
-
-def deployment_name(family: str, gpu: str) -> str:
-    return f"{family}-{gpu}"
 
 
 class Registry:

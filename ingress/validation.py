@@ -10,8 +10,9 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen, MultipleOf
 from pydantic import BaseModel, ValidationError
 
 from ingress.errors import ValidationFailed
-from ingress.registry import ROUTE_TASKS, AppConfig, Registry
-from ingress.schemas.generation import GenerationRequest, ImageToImageRequest
+from deployments.catalog import TASKS
+from ingress.registry import AppConfig, Registry
+from ingress.schemas.generation import GenerationRequest
 
 
 def allowed(model: type[BaseModel], name: str) -> str | None:
@@ -98,6 +99,10 @@ _UNSUPPORTED = {
 }
 
 
+#: Request fields that carry input images (a task takes the ones its spec lists).
+_IMAGE_FIELDS = sorted({i.field for spec in TASKS.values() for i in spec.inputs})
+
+
 def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tuple[AppConfig, str]:
     """Apply the app's rules; return the app and the GPU type to run on."""
     app = registry.app(req.app_id)
@@ -106,10 +111,9 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
             f"app_id: unknown app {req.app_id!r}; allowed: one of {', '.join(registry.app_ids())}"
         )
     problems: list[str] = []
-    tasks = ROUTE_TASKS[route]
-    if app.task not in tasks:
-        right = [r for r, t in ROUTE_TASKS.items() if app.task in t]
-        problems.append(f"app_id: {app.app_id} is a {app.task} app; call {' or '.join(right)} instead")
+    spec = TASKS[app.task]
+    if spec.route != route:
+        problems.append(f"app_id: {app.app_id} is a {app.task} app; call {spec.route} instead")
     gpu = req.inference_type or app.default_gpu
     if gpu not in app.inference_types:
         problems.append(
@@ -137,13 +141,14 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
         value = getattr(req, field)
         if value not in (None, False, ""):
             problems.append(f"{field}: app {app.app_id} does not support {what}; omit it or send false/null")
-    if isinstance(req, ImageToImageRequest):
-        if not req.image:
-            problems.append("image: required for image-to-image and inpainting apps (alias file_url)")
-        if app.task == "inpaint" and not req.mask_url:
-            problems.append("mask_url: required for inpainting apps (white = repaint, black = keep)")
-        if app.task != "inpaint" and req.mask_url:
-            problems.append(f"mask_url: app {app.app_id} is not an inpainting app; omit it")
+    taken = {i.field for i in spec.inputs}
+    for item in spec.inputs:
+        if item.required and not getattr(req, item.field, None):
+            alias = " (alias file_url)" if item.field == "image" else ""
+            problems.append(f"{item.field}: required for {spec.summary} apps{alias}; {item.doc}")
+    for field in _IMAGE_FIELDS:
+        if field not in taken and getattr(req, field, None):
+            problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not take it; omit it")
     if problems:
         raise ValidationFailed("; ".join(problems))
     return app, gpu

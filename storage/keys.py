@@ -44,20 +44,24 @@ def validate_tenant(tenant: str) -> str:
     return tenant
 
 
-def image_key(tenant: str, request_id: str, index: int, ext: str = "png", attempt: int | None = None) -> str:
-    """``tenants/<tenant>/images/<request_id>/<index>.<ext>``; with ``attempt`` (async tasks)
-    ``tenants/<tenant>/images/<request_id>/<attempt>/<index>.<ext>``, so attempts never share keys."""
+def output_key(
+    tenant: str, request_id: str, index: int, ext: str = "png", attempt: int | None = None, kind: str = "images"
+) -> str:
+    """``tenants/<tenant>/<kind>/<request_id>/<index>.<ext>``; with ``attempt`` (async tasks)
+    ``tenants/<tenant>/<kind>/<request_id>/<attempt>/<index>.<ext>``, so attempts never share keys.
+    ``kind`` is the output kind's folder (``images``; ``audio``, ``text`` next)."""
     validate_tenant(tenant)
+    _segment("kind", kind)
     _segment("request_id", request_id)
-    for name, number in (("image index", index), ("attempt", attempt)):
+    for name, number in (("output index", index), ("attempt", attempt)):
         if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
             raise ValueError(f"invalid {name} {number!r}")
     if index is None:
-        raise ValueError("invalid image index None")
+        raise ValueError("invalid output index None")
     if not isinstance(ext, str) or not _EXT.fullmatch(ext):
         raise ValueError(f"invalid extension {ext!r}")
     folder = f"{request_id}/{attempt}" if attempt is not None else request_id
-    return f"tenants/{tenant}/images/{folder}/{index}.{ext}"
+    return f"tenants/{tenant}/{kind}/{folder}/{index}.{ext}"
 
 
 def tenant_of(key: str) -> str | None:

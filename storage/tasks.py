@@ -118,6 +118,7 @@ class TaskRecord(BaseModel):
     route: str
     family: str
     gpu: str
+    deployment: str = Field(description="The family deployment that runs it (named by the ingress).")
     reference_id: str | None = None
     input: dict[str, Any] = Field(default_factory=dict, description="The request as echoed, secrets removed.")
     status: Status = "PENDING"
@@ -136,9 +137,9 @@ class TaskRecord(BaseModel):
     write_token: str | None = Field(None, description="Who wrote this version: one token per update call.")
     cancel_requested: bool = False
     output_keys: list[str] = Field(default_factory=list)
-    seeds: list[int] = Field(default_factory=list)
-    width: int | None = None
-    height: int | None = None
+    output_meta: dict[str, Any] = Field(
+        default_factory=dict, description="What the family said about the outputs (images: seeds, width, height)."
+    )
     error: str | None = None
     error_data: str | None = None
     webhook: bool = False
@@ -147,11 +148,6 @@ class TaskRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     expires_at: float | None = None
-
-    @property
-    def deployment(self) -> str:
-        """The family deployment that runs it, ``<family>-<gpu>``."""
-        return f"{self.family}-{self.gpu}"
 
     @property
     def terminal(self) -> bool:

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-TaskStatus = Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED"]
+from storage.tasks import Status as TaskStatus
 
 
-class ImageMeta(BaseModel):
-    """Extra facts about generated images (an addition to the seed contract)."""
+class OutputMeta(BaseModel):
+    """Facts about the outputs (an addition to the seed contract); each family adds its own."""
 
-    seeds: list[int] = Field(description="The seed that made each image, in `output` order.")
-    width: int
-    height: int
+    model_config = ConfigDict(extra="allow")
+
+    seeds: list[int] | None = Field(None, description="Images: the seed that made each image, in `output` order.")
+    width: int | None = Field(None, description="Images: width in pixels.")
+    height: int | None = Field(None, description="Images: height in pixels.")
     expires_at: float | None = Field(
         None, description="Unix time after which the URLs in `output` stop working (null for base64)."
     )
+
+
+def output_meta(meta: dict[str, Any], expires_at: float | None) -> OutputMeta:
+    """The envelope's ``meta`` from what the family reported."""
+    return OutputMeta(**{**meta, "expires_at": expires_at})
 
 
 class Envelope(BaseModel):
@@ -31,7 +38,7 @@ class Envelope(BaseModel):
     app_id: str | None = None
     task_id: str | None = None
     status: TaskStatus | None = None
-    meta: ImageMeta | None = Field(None, description="Seeds and size of the images in `output`.")
+    meta: OutputMeta | None = Field(None, description="Facts about `output`: seeds and size of images.")
     progress: float | None = Field(None, description="Async tasks: 0..1 while running (denoising steps done).")
     reference_id: str | None = Field(None, description="Async tasks: the submit's reference_id.")
     track_id: str | None = Field(None, description="Webhook calls: the submit's track_id.")

@@ -12,14 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
+from deployments.catalog import MAX_SEED, GpuType
 from deployments.schedulers import SCHEDULER_NAMES
 
-GpuType = Literal["a10g", "a100", "h100"]
 SafetyCheckerType = Literal["blur", "pixelate", "black", "sensitive_content_text"]
 SchedulerName = Literal[tuple(SCHEDULER_NAMES)]  # type: ignore[valid-type]
 
 MAX_PROMPT_CHARS = 4000
-MAX_SEED = 2**32 - 1
 
 
 def _yes_no(value: Any) -> Any:

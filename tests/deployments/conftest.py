@@ -32,14 +32,14 @@ def sdxl_pipelines(tiny_models):
 
 @pytest.fixture(scope="session")
 def sd_model(sd_pipelines):
-    from deployments.diffusion import DiffusionModel
+    from deployments.families.diffusion import DiffusionModel
 
     return DiffusionModel(sd_pipelines)
 
 
 @pytest.fixture(scope="session")
 def sdxl_model(sdxl_pipelines):
-    from deployments.diffusion import DiffusionModel
+    from deployments.families.diffusion import DiffusionModel
 
     return DiffusionModel(sdxl_pipelines)
 

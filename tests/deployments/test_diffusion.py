@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.diffusion import MAX_SEED, DiffusionFamily
+from deployments.catalog import MAX_SEED
+from deployments.families.diffusion import DiffusionFamily
 from deployments.errors import InvalidJobError, ModelError
 from deployments.schedulers import usable_scheduler_names
-from deployments.types import ImageJob, ImageResult
+from deployments.types import ImageJob, Result
 
 
 def job(task="text2img", **kw) -> ImageJob:
@@ -219,7 +220,7 @@ def test_karras_and_algorithm_options_change_the_sampler(sd_model):
 
 
 def test_model_refuses_sizes_beyond_its_limit(sd_pipelines):
-    from deployments.diffusion import DiffusionModel
+    from deployments.families.diffusion import DiffusionModel
 
     small = DiffusionModel(sd_pipelines, max_side=64)
     small.generate(job(height=64, width=64))  # the edge is fine
@@ -272,24 +273,25 @@ def family_factory(tiny_models):
 def test_family_run_uploads_pngs_under_tenant_keys(family_factory, memory_store):
     family = family_factory(memory_store)
     result = asyncio.run(family.run(job(batch=2, seed=11, tenant="acme", request_id="r-42", return_bytes=True)))
-    assert isinstance(result, ImageResult)
+    assert isinstance(result, Result)
     assert result.run_seconds > 0
-    keys = [img.key for img in result.images]
+    keys = [img.key for img in result.outputs]
     assert keys == ["tenants/acme/images/r-42/0.png", "tenants/acme/images/r-42/1.png"]
-    assert [img.seed for img in result.images] == [11, 12]
-    for img in result.images:
+    assert [img.meta["seed"] for img in result.outputs] == [11, 12] == result.meta["seeds"]
+    assert (result.meta["width"], result.meta["height"]) == (64, 64)
+    for img in result.outputs:
         data, content_type = memory_store.objects[img.key]
         assert content_type == "image/png" == img.content_type
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
         assert img.data == data
         decoded = Image.open(io.BytesIO(data))
-        assert decoded.size == (img.width, img.height) == (64, 64)
+        assert decoded.size == (img.meta["width"], img.meta["height"]) == (64, 64)
 
 
 def test_family_run_without_bytes(family_factory, memory_store):
     family = family_factory(memory_store)
     result = asyncio.run(family.run(job(seed=1, tenant="other", request_id="r1")))
-    assert result.images[0].data is None
+    assert result.outputs[0].data is None
     assert list(memory_store.objects) == ["tenants/other/images/r1/0.png"]
 
 
@@ -302,8 +304,8 @@ def test_family_run_serializes_concurrent_jobs(family_factory, memory_store):
         )
 
     a, b = asyncio.run(both())
-    pa = memory_store.objects[a.images[0].key][0]
-    pb = memory_store.objects[b.images[0].key][0]
+    pa = memory_store.objects[a.outputs[0].key][0]
+    pb = memory_store.objects[b.outputs[0].key][0]
     assert pa == pb  # same seed, same bytes, no cross-talk between concurrent runs
 
 
@@ -318,7 +320,7 @@ def test_family_health_and_info(family_factory, memory_store):
     family = family_factory(memory_store, "tiny-sdxl")
     asyncio.run(family.check_health())
     info = family.info()
-    assert info["kind"] == "sdxl"
+    assert info["kind"] == "diffusion" and info["pipeline"] == "sdxl"
     assert info["default_height"] == info["default_width"] == 128
     assert info["device"] == "cpu" and info["dtype"] == "float32"
     assert info["model_source"].endswith("tiny-sdxl")
@@ -335,7 +337,7 @@ def test_family_opens_store_from_settings(tiny_models, tmp_path):
         storage=StorageSettings(backend="local", local_root=tmp_path / "objects", signing_secret="s"),
     )
     result = asyncio.run(family.run(job(seed=2, tenant="acme", request_id="r9")))
-    assert family.store.get(result.images[0].key).startswith(b"\x89PNG")
+    assert family.store.get(result.outputs[0].key).startswith(b"\x89PNG")
 
 
 def test_health_fails_when_a_generation_stops_making_progress(family_factory, memory_store):
@@ -344,13 +346,12 @@ def test_health_fails_when_a_generation_stops_making_progress(family_factory, me
     family = family_factory(memory_store)
     family.stall_seconds = 5
     steps = []
-    family.model.generate(job(num_inference_steps=3),
-                          on_step=lambda s, t: steps.append(family.model.stalled_for()))
-    assert len(steps) >= 3 and family.model.busy_since is None  # progress is tracked, and idle afterwards
+    family._produce(job(num_inference_steps=3), on_step=lambda s, t: steps.append(family.clock.stalled_for()))
+    assert len(steps) >= 3 and family.clock.busy_since is None  # progress is tracked, and idle afterwards
     asyncio.run(family.check_health())
-    family.model.busy_since = family.model.last_progress = time.monotonic() - 10  # a job hung inside a step
+    family.clock.busy_since = family.clock.last_step = time.monotonic() - 10  # a job hung inside a step
     try:
         with pytest.raises(RuntimeError, match="no step for"):
             asyncio.run(family.check_health())
     finally:
-        family.model.busy_since = None
+        family.clock.busy_since = None

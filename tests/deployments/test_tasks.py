@@ -9,10 +9,10 @@ import time
 import pytest
 from PIL import Image
 
-from deployments.diffusion import DiffusionFamily
+from deployments.families.diffusion import DiffusionFamily
 from deployments.errors import TaskStopped
 from deployments.tasks import TaskLease
-from deployments.types import GeneratedImage, ImageJob, TaskRef, job_to_payload
+from deployments.types import ImageJob, Output, TaskRef, job_to_payload
 from storage.base import PreconditionFailed
 from storage.factory import open_store
 from storage.settings import StorageSettings
@@ -31,7 +31,7 @@ def dispatched(tasks, attempt=1, job=None, **kw):
     data, images = job_to_payload(job) if job is not None else ({}, {})
     if job is not None:
         data["request_id"] = tid
-    tasks.create(TaskRecord(task_id=tid, tenant="t", app_id="a", route="getTextToImage", family="f", gpu="g", **kw),
+    tasks.create(TaskRecord(task_id=tid, tenant="t", app_id="a", route="getTextToImage", family="f", gpu="g", deployment="f-g", **kw),
                  data, images)
     tasks.update("t", tid, lambda r: (setattr(r, "attempts", attempt), r.hold_lease("dispatch", 60)))
     return tid
@@ -63,9 +63,9 @@ def test_progress_success_and_settle(tasks):
     lease.renew()
     record = tasks.get("t", tid)
     assert record.progress == 0.5 and record.lease_seq == seq + 1
-    assert lease.succeed([GeneratedImage(key="tenants/t/images/x/1/0.png", seed=7, width=64, height=64)])
+    assert lease.succeed([Output(key="tenants/t/images/x/1/0.png", content_type="image/png")], {"seeds": [7]})
     final = tasks.get("t", tid)
-    assert final.status == "SUCCESS" and final.seeds == [7] and final.progress == 1.0
+    assert final.status == "SUCCESS" and final.output_meta["seeds"] == [7] and final.progress == 1.0
     assert tasks.queued() == []
 
 
@@ -152,7 +152,7 @@ def test_claim_and_finish_report_what_was_actually_written(tasks, monkeypatch):
     lease = TaskLease(tasks, TaskRef("t", tid, 1), "w1")
     assert lease.claim()
     race_once(lambda r: r.fail("Timeout", "past its deadline"))  # the deadline fires mid-finish
-    assert not lease.succeed([GeneratedImage(key="tenants/t/images/x/1/0.png", seed=1, width=8, height=8)])
+    assert not lease.succeed([Output(key="tenants/t/images/x/1/0.png", content_type="image/png")])
     final = tasks.get("t", tid)
     assert final.status == "FAILURE" and final.output_keys == []
 
@@ -170,7 +170,7 @@ def test_a_retried_write_that_had_landed_counts_as_written(tasks, monkeypatch):
 
     monkeypatch.setattr(tasks.store, "put_if", lands_then_412)
     assert lease.claim()
-    assert lease.succeed([GeneratedImage(key="tenants/t/images/x/1/0.png", seed=1, width=8, height=8)])
+    assert lease.succeed([Output(key="tenants/t/images/x/1/0.png", content_type="image/png")])
     assert tasks.get("t", tid).status == "SUCCESS"
 
 
@@ -195,7 +195,7 @@ def test_run_task_runs_the_job_stored_at_submit_with_per_attempt_outputs(family)
                                                 num_inference_steps=2, strength=0.5, seed=3, batch=2), attempt=2)
     assert asyncio.run(family.run_task(TaskRef("t", tid, 2))) == "SUCCESS"
     record = family.tasks.get("t", tid)
-    assert record.status == "SUCCESS" and record.seeds == [3, 4]
+    assert record.status == "SUCCESS" and record.output_meta["seeds"] == [3, 4]
     assert record.output_keys == [f"tenants/t/images/{tid}/2/0.png", f"tenants/t/images/{tid}/2/1.png"]
     for key in record.output_keys:
         assert family.store.get(key).startswith(b"\x89PNG")
@@ -223,7 +223,7 @@ def test_a_superseded_attempt_cannot_change_a_finished_tasks_outputs(family, mon
                                           r.hold_lease("dispatch", 60)))
         second = TaskLease(tasks, TaskRef("t", tid, 2), "w2")
         assert await asyncio.to_thread(second.claim)
-        winner = GeneratedImage(key=f"tenants/t/images/{tid}/2/0.png", seed=1, width=64, height=64)
+        winner = Output(key=f"tenants/t/images/{tid}/2/0.png", content_type="image/png")
         tasks.store.put(winner.key, b"winner", "image/png")
         assert await asyncio.to_thread(second.succeed, [winner])
         release.set()  # now the late attempt finishes its job

@@ -44,7 +44,7 @@ def coordinator(tmp_path, monkeypatch):
 def submitted(c, tenant="t", deadline_at=None, **kw):
     tid = new_task_id()
     c.tasks.create(TaskRecord(task_id=tid, tenant=tenant, app_id="ap-sd15-txt2img", route="getTextToImage",
-                              family="sd15", gpu="a10g", max_attempts=2, deadline_at=deadline_at or time.time() + 600,
+                              family="sd15", gpu="a10g", deployment="sd15-a10g", max_attempts=2, deadline_at=deadline_at or time.time() + 600,
                               **kw), {})
     return tid
 

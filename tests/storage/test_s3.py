@@ -138,7 +138,7 @@ def test_racing_idempotent_creates_on_s3_make_one_task(store: S3ObjectStore) -> 
     def submit(i: int) -> str:
         bound = tasks.claim_idempotency_key("acme", "race", "digest", ids[i])
         task_id = bound["task_id"] if bound else ids[i]
-        record = TaskRecord(task_id=task_id, tenant="acme", app_id="ap", route="getTextToImage", family="sd15",
+        record = TaskRecord(task_id=task_id, tenant="acme", app_id="ap", route="getTextToImage", family="sd15", deployment="sd15-a10g",
                             gpu="a10g", deadline_at=2e9)
         stored, _ = tasks.create(record, {"n": i}, {"image": bytes([i]) * 64})
         return stored.task_id

@@ -24,7 +24,7 @@ def tasks(tmp_path):
 
 
 def record(task_id, **kw):
-    return TaskRecord(task_id=task_id, tenant="acme", app_id="ap", route="getTextToImage", family="sd15",
+    return TaskRecord(task_id=task_id, tenant="acme", app_id="ap", route="getTextToImage", family="sd15", deployment="sd15-a10g",
                       gpu="a10g", **kw)
 
 

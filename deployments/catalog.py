@@ -1,0 +1,110 @@
+"""The task table: every task an app can do, and every family kind that runs them.
+
+One table, read by the registry (which tasks and kinds a config may name), the
+contract's validation (which route serves a task, which inputs it takes), job
+building (which inputs to fetch), the builder (which class serves a kind) and the
+tiny-model maker (which tiny models a kind needs). Adding a family is one module
+under ``deployments/families/``, one ``KindSpec`` and its ``TaskSpec`` rows here,
+and registry entries in ``serve_config.yaml``.
+
+Also the one definition of the literals the tree shares: GPU types, task
+statuses, the seed range, and a family deployment's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+GpuType = Literal["a10g", "a100", "h100"]
+GPU_TYPES: tuple[str, ...] = ("a10g", "a100", "h100")
+
+TaskStatus = Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED"]
+TASK_STATUSES: tuple[str, ...] = ("PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED")
+
+#: Seeds are 0..MAX_SEED (a request's ``seed``; a random base is drawn so that
+#: ``base + i`` of a batch stays in range too).
+MAX_SEED = 2**32 - 1
+
+OutputKind = Literal["image"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """An input a task fetches: the request field (URL, data: URI or base64) and the
+    job attribute it lands in, already decoded and sized."""
+
+    field: str
+    job_attr: str
+    mode: Literal["RGB", "L"] = "RGB"
+    required: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One thing an app can do."""
+
+    name: str
+    route: str
+    kind: str
+    summary: str
+    output: OutputKind = "image"
+    inputs: tuple[InputSpec, ...] = ()
+    #: What ``strength`` means for this task (None: the task takes no strength).
+    strength: str | None = None
+    #: Request fields only this task accepts (beyond the route's common ones).
+    options: tuple[str, ...] = ()
+    #: The family component an app of this task must name (``control``: a ControlNet).
+    component: str | None = None
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One kind of family deployment: the class that serves it and the tasks it runs."""
+
+    name: str
+    deployment: str  # "module:Class", imported by the builder
+    summary: str
+    tiny_models: tuple[str, ...] = field(default=())
+
+
+_IMAGE = InputSpec("image", "image", doc="the reference image")
+_IMG2IMG_STRENGTH = "diffusers' img2img strength: 0 keeps the input, 1 ignores it"
+_CONDITIONING = "how strongly the reference conditions the result (ControlNet conditioning scale)"
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("text2img", "getTextToImage", "diffusion", "Text To Image"),
+        TaskSpec("img2img", "getImageToImage", "diffusion", "Image To Image", inputs=(_IMAGE,),
+                 strength=_IMG2IMG_STRENGTH),
+        TaskSpec(
+            "inpaint", "getImageToImage", "diffusion", "Inpainting",
+            inputs=(_IMAGE, InputSpec("mask_url", "mask", mode="L", doc="white = repaint, black = keep")),
+            strength=_IMG2IMG_STRENGTH,
+        ),
+    )
+}
+
+KINDS: dict[str, KindSpec] = {
+    spec.name: spec
+    for spec in (
+        KindSpec("diffusion", "deployments.families.diffusion:DiffusionFamily",
+                 "Stable Diffusion 1.x/2.x and SDXL pipelines sharing one set of weights",
+                 tiny_models=("tiny-sd15", "tiny-sdxl")),
+    )
+}
+
+
+def route_tasks() -> dict[str, tuple[str, ...]]:
+    """Which tasks each public route serves, in table order."""
+    routes: dict[str, tuple[str, ...]] = {}
+    for spec in TASKS.values():
+        routes[spec.route] = routes.get(spec.route, ()) + (spec.name,)
+    return routes
+
+
+def deployment_name(family: str, gpu: str) -> str:
+    """The Serve deployment that runs ``family`` on ``gpu``."""
+    return f"{family}-{gpu}"

@@ -1,0 +1,355 @@
+"""What every family deployment shares, so a family module holds its model code and little else.
+
+:class:`FamilyBase` owns the object store, the sync call (``run``), async task
+attempts under a lease (``run_task``: claim, load the job captured at submit,
+progress, cancellation, publish or fail), storing outputs, metrics, the
+stall-aware health check and ``info()``. A family subclass sets ``kind`` and
+implements three hooks:
+
+* ``produce(job, on_step)`` — blocking model code (run in a thread, one job at a
+  time per replica): returns whatever ``package`` needs;
+* ``package(job, produced)`` — blocking, outside the model lock: the output files
+  as :class:`Packaged` (bytes, content type, per-output meta) and the result meta;
+* ``facts()`` / ``loaded()`` — what ``info()`` and the health check add.
+
+Errors: a job this model cannot do raises ``InvalidJobError``; a failure of the
+model on a valid job becomes a ``ModelError`` logged under an incident id. Both
+carry their envelope type; the ingress maps them once (``ingress.contract.errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, new_incident
+from deployments.types import Job, Output, Result, TaskRef, job_from_payload, payload_images
+
+if TYPE_CHECKING:
+    from storage.base import ObjectStore
+    from storage.settings import StorageSettings
+
+logger = logging.getLogger("deployments.families")
+
+OnStep = Callable[[int, int], None]
+STALL_SECONDS = 300.0  # a job without a finished step for this long fails the health check
+
+
+@dataclass
+class Packaged:
+    """One output file before it is stored."""
+
+    data: bytes
+    content_type: str
+    ext: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def model_error(exc: BaseException, job: Job) -> ModelError:
+    """Log the failure with a new incident id; the error carries only the id to clients."""
+    incident = new_incident()
+    logger.error("job failed (incident %s)", incident, exc_info=exc,
+                 extra={"task": job.task, "request_id": job.request_id, "incident": incident})
+    return ModelError(short_error(exc), incident)
+
+
+def replica_id() -> str:
+    """This Serve replica's id (a random id outside Serve)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return "local-" + secrets.token_hex(4)
+
+
+class StepClock:
+    """When the job under way last finished a step: the health check's view of progress."""
+
+    def __init__(self) -> None:
+        self.busy_since: float | None = None
+        self.last_step = 0.0
+
+    def begin(self) -> None:
+        self.last_step = time.monotonic()  # first: a health check in between must see it fresh
+        self.busy_since = self.last_step
+
+    def step(self) -> None:
+        self.last_step = time.monotonic()
+
+    def end(self) -> None:
+        self.busy_since = None
+
+    def stalled_for(self) -> float:
+        """Seconds the job under way has gone without finishing a step (0 when idle)."""
+        return 0.0 if self.busy_since is None else time.monotonic() - self.last_step
+
+
+class FamilyMetrics:
+    """Per-kind Serve metrics; a no-op if ``ray.serve.metrics`` is unavailable."""
+
+    def __init__(self, kind: str) -> None:
+        self.seconds = self.outputs = None
+        try:
+            from ray.serve import metrics
+
+            self.seconds = metrics.Histogram(
+                f"studio_{kind}_generation_seconds",
+                description="Seconds spent producing one job (model time, without upload).",
+                boundaries=[0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80],
+                tag_keys=("task",),
+            )
+            self.outputs = metrics.Counter(
+                f"studio_{kind}_outputs_total", description="Output files produced.", tag_keys=("task",)
+            )
+        except Exception:  # pragma: no cover - metrics are best effort
+            logger.debug("ray.serve.metrics unavailable; metrics disabled", exc_info=True)
+
+    def record(self, task: str, seconds: float, outputs: int) -> None:
+        try:
+            if self.seconds is not None:
+                self.seconds.observe(seconds, tags={"task": task})
+            if self.outputs is not None:
+                self.outputs.inc(outputs, tags={"task": task})
+        except Exception:  # pragma: no cover
+            logger.debug("metric update failed", exc_info=True)
+
+
+class FamilyBase:
+    """Serve deployment base for one model family on one GPU type.
+
+    Plain class on purpose: ``ingress.wiring.builder`` applies ``serve.deployment``
+    with options from config. ``store`` lets tests inject an object store.
+    """
+
+    kind: ClassVar[str] = ""
+    output_folder: ClassVar[str] = "images"
+
+    def __init__(
+        self,
+        *,
+        family: str = "",
+        gpu: str = "",
+        storage: StorageSettings | None = None,
+        store: ObjectStore | None = None,
+        stall_seconds: float = STALL_SECONDS,
+    ):
+        from deployments.replica_net import bind_replica_grpc_to_node_ip
+
+        bind_replica_grpc_to_node_ip()
+        self.family = family
+        self.gpu = gpu
+        self.stall_seconds = stall_seconds
+        if store is None:
+            from storage.factory import open_store
+
+            store = open_store(storage, signing=False)  # families store objects; they never sign URLs
+        self.store = store
+        from storage.tasks import TaskStore
+
+        self.tasks = TaskStore(store)
+        self.owner = replica_id()
+        self.clock = StepClock()
+        self._lock = asyncio.Lock()  # one job at a time on the event loop (waiting costs no thread)
+        self._model_lock = threading.Lock()  # and in threads: a cancelled request's thread may still run
+        self._metrics = FamilyMetrics(self.kind)
+
+    # -- hooks ------------------------------------------------------------
+    def produce(self, job: Job, on_step: OnStep | None) -> Any:
+        """Run the model on ``job`` (blocking, under the model lock)."""
+        raise NotImplementedError
+
+    def package(self, job: Job, produced: Any) -> tuple[list[Packaged], dict[str, Any]]:
+        """Encode what ``produce`` returned: output files and the result's meta."""
+        raise NotImplementedError
+
+    def loaded(self) -> bool:
+        """Whether the model is in place (the health check)."""
+        return True
+
+    def facts(self) -> dict[str, Any]:
+        """Kind-specific facts for ``info()`` (plain JSON)."""
+        return {}
+
+    # -- running a job ----------------------------------------------------
+    def _produce(self, job: Job, on_step: OnStep | None = None) -> Any:
+        """``produce`` under the model lock, with the step clock running; any failure
+        other than the job's own errors becomes a logged ``ModelError``."""
+
+        def step(done: int, total: int) -> None:
+            self.clock.step()
+            if on_step is not None:
+                on_step(done, total)
+
+        with self._model_lock:
+            self.clock.begin()
+            try:
+                return self.produce(job, step)
+            except JobError:
+                raise
+            except Exception as exc:
+                raise model_error(exc, job) from exc
+            finally:
+                self.clock.end()
+
+    def _store(self, job: Job, produced: Any) -> tuple[list[Output], dict[str, Any]]:
+        from storage.keys import output_key
+
+        files, meta = self.package(job, produced)
+        outputs = []
+        for index, item in enumerate(files):
+            key = output_key(job.tenant, job.request_id, index, ext=item.ext, attempt=job.attempt,
+                             kind=self.output_folder)
+            self.store.put(key, item.data, item.content_type)
+            outputs.append(Output(key=key, content_type=item.content_type, meta=item.meta,
+                                  data=item.data if job.return_bytes else None))
+        return outputs, meta
+
+    async def run(self, job: Job) -> Result:
+        """Run ``job`` now, store its outputs under the tenant, return where they are."""
+        start = time.perf_counter()
+        async with self._lock:
+            gen_start = time.perf_counter()
+            produced = await asyncio.to_thread(self._produce, job)
+            gen_seconds = time.perf_counter() - gen_start
+        outputs, meta = await asyncio.to_thread(self._store, job, produced)
+        run_seconds = time.perf_counter() - start
+        self._metrics.record(job.task, gen_seconds, len(outputs))
+        logger.info(
+            "job done request_id=%s task=%s outputs=%d generation_seconds=%.3f run_seconds=%.3f",
+            job.request_id, job.task, len(outputs), gen_seconds, run_seconds,
+            extra={"request_id": job.request_id, "tenant": job.tenant, "task": job.task, "outputs": len(outputs),
+                   "generation_seconds": round(gen_seconds, 4), "run_seconds": round(run_seconds, 4)},
+        )
+        return Result(outputs=outputs, meta=meta, run_seconds=run_seconds)
+
+    # -- async tasks ------------------------------------------------------
+    async def run_task(self, ref: TaskRef) -> str:
+        """Run one attempt of an async task; the outcome goes to the task record.
+
+        Claims the attempt, loads the job captured at submit from the store, runs
+        it under a lease, and publishes the outputs (stored under per-attempt keys)
+        in the final compare-and-swap. Returns what happened: the status this
+        worker wrote, ``"skipped"`` (not ours to run), ``"superseded"``/``"lost"``
+        (another attempt owns the task now), or ``"retry"`` (the object store
+        failed under us for a reason that may pass: the task is handed back, after
+        a backoff, for another attempt). Anything else that fails — the job, or the
+        worker's own code — ends the task as FAILURE with its reason, without a retry.
+        """
+        from deployments.tasks import TaskLease
+        from storage.base import is_transient
+
+        lease = TaskLease(self.tasks, ref, self.owner)
+        try:
+            if not await asyncio.to_thread(lease.claim):
+                return "skipped"
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning("task %s: could not claim attempt %d; its dispatch lease decides", ref.task_id,
+                           ref.attempt, exc_info=True)
+            return "retry"
+        lease.start()
+        try:
+            return await self._run_claimed(ref, lease)
+        except asyncio.CancelledError:
+            lease.stop_reason = lease.stop_reason or "lost"  # the thread stops at its next step
+            raise
+        except Exception as exc:
+            incident = new_incident()
+            if is_transient(exc):
+                logger.error("task %s attempt %d: the object store failed (incident %s)", ref.task_id, ref.attempt,
+                             incident, exc_info=exc)
+                await asyncio.to_thread(lease.give_up, f"attempt {ref.attempt} could not reach the object store "
+                                                       f"(incident {incident}); retrying")
+                return "retry"
+            logger.error("task %s attempt %d failed in the worker (incident %s)", ref.task_id, ref.attempt, incident,
+                         exc_info=exc)
+            await asyncio.to_thread(lease.fail, "InternalError", f"the task failed on its worker (incident {incident})")
+            return "FAILURE"
+        finally:
+            lease.stop()
+
+    async def _run_claimed(self, ref: TaskRef, lease) -> str:
+        job = await asyncio.to_thread(self._load_job, lease.record, ref.attempt)
+        if job is None:
+            incident = new_incident()
+            logger.error("task %s: its payload is missing (incident %s)", ref.task_id, incident)
+            await asyncio.to_thread(lease.fail, "InternalError", f"the task's input is gone (incident {incident})")
+            return "FAILURE"
+        try:
+            async with self._lock:
+                lease.check()
+                produced = await asyncio.to_thread(self._produce, job, lease.on_step)
+            lease.check()
+        except TaskStopped:
+            await asyncio.to_thread(lease.revoked)
+            return lease.stop_reason or "stopped"
+        except (InvalidJobError, ModelError) as exc:
+            await asyncio.to_thread(lease.fail, exc.error_type, exc.public)
+            return "FAILURE"
+        outputs, meta = await asyncio.to_thread(self._store, job, produced)
+        if await asyncio.to_thread(lease.succeed, outputs, meta):
+            return "SUCCESS"
+        current = await asyncio.to_thread(self.tasks.get, ref.tenant, ref.task_id)
+        published = set(current.output_keys) if current is not None else set()
+        if published & {o.key for o in outputs}:
+            return "SUCCESS"  # our write did land: never delete what a record publishes
+        await asyncio.to_thread(self._delete, outputs)  # superseded: never visible
+        return "superseded"
+
+    def _load_job(self, record, attempt: int) -> Job | None:
+        """The job stored at submit, with its captured input images, for ``attempt``."""
+        from PIL import Image
+
+        from storage.base import ObjectNotFound
+
+        payload = self.tasks.payload(record)
+        if payload is None:
+            return None
+        accepted = set(payload_images(payload["job"].get("job_type")))
+        images = {}
+        for name, key in (payload.get("inputs") or {}).items():
+            if name in accepted:
+                try:
+                    data = self.store.get(key)
+                except ObjectNotFound:
+                    return None
+                with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+                    images[name] = img.convert("L" if img.mode == "L" else "RGB")
+        job = job_from_payload(payload["job"], images)
+        job.attempt = attempt
+        return job
+
+    def _delete(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            self.store.delete(output.key)
+
+    # -- Serve hooks ------------------------------------------------------
+    async def check_health(self) -> None:
+        """Liveness check for Serve: the model and store are in place, and a job under
+        way is making progress (a job hung inside one step holds the model for good;
+        failing here makes Serve replace the replica)."""
+        if not self.loaded():
+            raise RuntimeError(f"{self.kind} model is not loaded")
+        if self.store is None:
+            raise RuntimeError("object store is not open")
+        stalled = self.clock.stalled_for()
+        if stalled > self.stall_seconds:
+            raise RuntimeError(f"the job under way has finished no step for {stalled:.0f} s")
+
+    def info(self) -> dict[str, Any]:
+        """Facts about this replica's model, for the ingress's pre-checks
+        (``ingress/model_checks.py``). Plain JSON."""
+        return {"family": self.family, "gpu": self.gpu, "kind": self.kind, **self.facts()}
