@@ -2,7 +2,7 @@
 
 For each store — the embedded default (local files) and S3 (a SeaweedFS server
 this benchmark starts on 127.0.0.1) — it starts the real service
-(``python -m ingress.local up``, tiny models) and measures, through the Serve
+(``python -m ingress.wiring.local up``, tiny models) and measures, through the Serve
 proxy and the ingress, with the same keep-alive HTTP/1.1 load generator as
 ``bench/overhead.py``:
 

@@ -10,7 +10,7 @@ every ``--concurrency`` level, with a fixed number of requests after a warm-up:
               subprocess: ``serve.get_deployment_handle(...).run.remote(job)``).
 (b) serve   - the full HTTP path: ``POST /api/v1/studio/getTextToImage`` with a
               Bearer key, through the Serve proxy, the ingress replica and the
-              family replica (the real launcher, ``python -m ingress.local up``).
+              family replica (the real launcher, ``python -m ingress.wiring.local up``).
 (c) uvicorn - the same FastAPI app (``create_api(Studio(...))``) served by plain
               uvicorn with the model in process (``InProcessDispatcher``); no Ray.
 
@@ -225,7 +225,7 @@ async def raw_load(port: int, request: bytes, requests: int, concurrency: int, w
 
 # --- (a): a Ray driver calling the family deployment's handle -----------------------
 async def handle_load(address: str, requests: int, concurrency: int, warmup: int) -> dict[str, Any]:
-    # As in ingress.local: keep Ray on loopback (otherwise it rewrites 127.0.0.1
+    # As in ingress.wiring.local: keep Ray on loopback (otherwise it rewrites 127.0.0.1
     # in the address to the machine's routable IP, where the GCS does not listen).
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # The launcher's ray.init() turns on Ray's token auth for the new local node
@@ -260,12 +260,12 @@ def serve_uvicorn(port: int, config: Path, models_dir: Path, data_dir: Path) -> 
 
     from deployments.families.diffusion import DiffusionFamily
     from deployments.tiny import make_tiny_models
-    from ingress.api import Studio, create_api
-    from ingress.auth import KeyRing
+    from ingress.contract.api import Studio, create_api
+    from ingress.contract.auth import KeyRing
     from ingress.dispatch import InProcessDispatcher
-    from ingress.local import load_app_config
-    from ingress.registry import Registry, ServiceConfig
-    from ingress.settings import IngressSettings
+    from ingress.wiring.local import load_app_config
+    from ingress.wiring.registry import Registry, ServiceConfig
+    from ingress.wiring.settings import IngressSettings
     from storage.factory import open_store
     from storage.settings import StorageSettings
 
@@ -313,7 +313,7 @@ def run_child(args: list[str], timeout: float) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise RuntimeError(f"worker {args[0]} timed out after {timeout:.0f}s")
+        raise RuntimeError(f"worker {args[0]} timed out after {timeout:.0f}s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args[0]} failed ({proc.returncode}):\n{err[-3000:]}")
     return json.loads(out.strip().splitlines()[-1])
@@ -336,7 +336,7 @@ def baseline(opts, workdir: Path) -> dict[str, Any]:
     port = free_port()
     env = dict(os.environ)
     # What serve_config.yaml's runtime_env gives every replica, plus local storage.
-    from ingress.local import load_app_config
+    from ingress.wiring.local import load_app_config
 
     env.update({k: str(v) for k, v in (load_app_config(opts.config).get("runtime_env", {}).get("env_vars") or {}).items()})
     env.update({

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from functools import lru_cache
-from typing import Any, Mapping
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
 
 from deployments.errors import InvalidJobError
 
@@ -96,7 +97,7 @@ def _resolve_class(name: str):
     return cls, None
 
 
-@lru_cache(maxsize=None)
+@cache
 def usable_scheduler_names() -> list[str]:
     """Names of the contract that this server can actually run, contract order."""
     return [name for name in SCHEDULER_NAMES if _resolve_class(name)[0] is not None]
@@ -106,7 +107,7 @@ def _accepts(cls, parameter: str) -> bool:
     return parameter in inspect.signature(cls.__init__).parameters
 
 
-@lru_cache(maxsize=None)
+@cache
 def scheduler_capabilities() -> dict[str, dict[str, Any]]:
     """What each contract name offers here, as plain JSON: ``{name: {"usable", "reason",
     "karras", "algorithms"}}``. A family reports it (``info()``) so that the ingress can

@@ -10,10 +10,10 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from deployments.catalog import deployment_name
 from deployments.errors import InvalidJobError, ModelError, new_incident
 from deployments.types import Job, Result
-from ingress.errors import ModelFailure, Overloaded, Timeout, ValidationFailed
-from deployments.catalog import deployment_name
+from ingress.contract.errors import ModelFailure, Overloaded, Timeout, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ServeDispatcher:
         response = self._handles[name].run.remote(job)
         try:
             return await asyncio.wait_for(response, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             response.cancel()
             raise Timeout(f"{name} did not finish within {timeout:g} s") from None
         except BackPressureError:
@@ -74,7 +74,7 @@ class InProcessDispatcher:
     async def run(self, family: str, gpu: str, job: Job, timeout: float) -> Result:
         try:
             return await asyncio.wait_for(self._families[deployment_name(family, gpu)].run(job), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Timeout(f"did not finish within {timeout:g} s") from None
         except (InvalidJobError, ModelError) as exc:
             raise _job_error(exc) from None

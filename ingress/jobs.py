@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -13,10 +12,10 @@ from PIL import Image
 
 from deployments.catalog import TASKS
 from deployments.types import ImageJob
-from ingress.errors import ValidationFailed
+from ingress.contract.schemas.generation import GenerationRequest
 from ingress.inputs import FetchLimits, load_image
-from ingress.registry import AppConfig
-from ingress.schemas.generation import GenerationRequest
+from ingress.inputs.images import size_for_app
+from ingress.wiring.registry import AppConfig
 
 _SECRET_PARAM = re.compile(r"(sig|signature|token|key|secret|credential|auth|password)", re.I)
 
@@ -55,58 +54,13 @@ async def build_job(
         job.width = job.width or d.width
         return job
     images = await asyncio.gather(*(load_image(getattr(req, i.field), i.field, limits) for i in spec.inputs))
-    first = await asyncio.to_thread(_size_input, images[0], req.width, req.height, app)
+    first = await asyncio.to_thread(size_for_app, images[0], req.width, req.height, app.app_id, app.limits)
     setattr(job, spec.inputs[0].job_attr, first)
     job.width, job.height = first.size
     for item, image in zip(spec.inputs[1:], images[1:]):
         sized = await asyncio.to_thread(lambda im=image, mode=item.mode: im.convert(mode).resize(first.size, Image.NEAREST))
         setattr(job, item.job_attr, sized)
     return job
-
-
-def _size_input(image: Image.Image, width: int | None, height: int | None, app: AppConfig) -> Image.Image:
-    """Size the input image for the job, always within the app's limits.
-
-    Both ``width`` and ``height``: that size (already checked against the app).
-    One of them: the other follows from the image's aspect ratio, rounded to a
-    multiple of 64, and must fall within the app's range (else a 422 naming it).
-    Neither: the image is scaled, aspect kept, until both sides are within the
-    app's ranges (down if larger, up if smaller), then rounded down to multiples
-    of 64; an aspect ratio no size in the ranges can keep is a 422.
-    """
-    lim = app.limits
-    ranges = {"width": _range64(lim.width.min, lim.width.max), "height": _range64(lim.height.min, lim.height.max)}
-    iw, ih = image.size
-    if width and height:
-        return image.resize((width, height), Image.LANCZOS)
-    if width or height:
-        given, value = ("width", width) if width else ("height", height)
-        other = "height" if width else "width"
-        derived = max(64, round((ih * width / iw if width else iw * height / ih) / 64) * 64)
-        lo, hi = ranges[other]
-        if not lo <= derived <= hi:
-            raise ValidationFailed(
-                f"{other}: from the input image's aspect ratio ({iw}x{ih}) and {given} {value} it would be "
-                f"{derived}, outside app {app.app_id}'s range; allowed: {lo}..{hi}; send both width and height"
-            )
-        size = (width, derived) if width else (derived, height)
-        return image.resize(size, Image.LANCZOS)
-    (wlo, whi), (hlo, hhi) = ranges["width"], ranges["height"]
-    scale = min(1.0, whi / iw, hhi / ih)
-    scale = max(scale, wlo / iw, hlo / ih)
-    if iw * scale > whi * 1.001 or ih * scale > hhi * 1.001:
-        raise ValidationFailed(
-            f"image: its aspect ratio ({iw}x{ih}) cannot fit app {app.app_id}'s sizes; allowed: width "
-            f"{wlo}..{whi}, height {hlo}..{hhi}; crop it, or send width and height"
-        )
-    w = min(whi, max(wlo, math.floor(iw * scale / 64) * 64))
-    h = min(hhi, max(hlo, math.floor(ih * scale / 64) * 64))
-    return image if (w, h) == image.size else image.resize((w, h), Image.LANCZOS)
-
-
-def _range64(lo: float, hi: float) -> tuple[int, int]:
-    """The multiples of 64 within ``lo..hi``, as an inclusive range."""
-    return int(math.ceil(lo / 64) * 64), int(math.floor(hi / 64) * 64)
 
 
 def redact(req: GenerationRequest) -> dict[str, Any]:

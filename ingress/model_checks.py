@@ -24,7 +24,7 @@ from deployments.errors import InvalidJobError
 from deployments.job_rules import check_clip_skip, check_strength
 from deployments.schedulers import check_scheduler_options
 from deployments.types import ImageJob
-from ingress.errors import ValidationFailed
+from ingress.contract.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ModelFacts:
         if deployment not in self._facts and wait and deployment in self._ready:
             try:
                 await asyncio.wait_for(self._ready[deployment].wait(), self._wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         known = self._facts.get(deployment)
         return known[1] if known is not None else None

@@ -282,7 +282,7 @@ class _FileLock:
             if not create:
                 return False
 
-    def __enter__(self) -> "_FileLock":
+    def __enter__(self) -> _FileLock:
         self._take(fcntl.LOCK_EX, create=True)
         return self
 

@@ -31,7 +31,8 @@ import logging
 import math
 import secrets
 import time
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 

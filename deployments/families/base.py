@@ -25,8 +25,9 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, new_incident
 from deployments.types import Job, Output, Result, TaskRef, job_from_payload, payload_images

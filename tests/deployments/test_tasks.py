@@ -9,8 +9,8 @@ import time
 import pytest
 from PIL import Image
 
-from deployments.families.diffusion import DiffusionFamily
 from deployments.errors import TaskStopped
+from deployments.families.diffusion import DiffusionFamily
 from deployments.tasks import TaskLease
 from deployments.types import ImageJob, Output, TaskRef, job_to_payload
 from storage.base import PreconditionFailed

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from ingress.webhooks import verify
+from ingress.tasks.webhooks import verify
 from tests.e2e.conftest import DEADLINE_APP, DEADLINE_SECONDS, KEY_B, KEY_C, WEBHOOK_SECRET
 from tests.support.peers import silent_server
 

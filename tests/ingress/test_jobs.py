@@ -5,11 +5,11 @@ import io
 import pytest
 from PIL import Image
 
-from ingress.errors import ValidationFailed
+from ingress.contract.errors import ValidationFailed
+from ingress.contract.schemas.generation import ImageToImageRequest, TextToImageRequest
 from ingress.inputs import FetchLimits
 from ingress.jobs import build_job, redact, webhook_fingerprint
-from ingress.registry import AppConfig
-from ingress.schemas.generation import ImageToImageRequest, TextToImageRequest
+from ingress.wiring.registry import AppConfig
 
 
 def _b64(size):

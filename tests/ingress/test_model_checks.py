@@ -7,7 +7,7 @@ import pytest
 
 from deployments.schedulers import scheduler_capabilities
 from deployments.types import ImageJob
-from ingress.errors import ValidationFailed
+from ingress.contract.errors import ValidationFailed
 from ingress.model_checks import ModelFacts, check_job
 
 FACTS = {"schedulers": scheduler_capabilities(), "default_scheduler": "PNDMScheduler", "text_encoder_layers": 4}

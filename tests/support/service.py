@@ -1,4 +1,4 @@
-"""Start the real service (``python -m ingress.local up``) in a subprocess for tests
+"""Start the real service (``python -m ingress.wiring.local up``) in a subprocess for tests
 and benchmarks, and stop exactly the processes it started."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class LocalService:
         self.proc: subprocess.Popen | None = None
         self.log: deque[str] = deque(maxlen=400)
 
-    def start(self, timeout: float = 420) -> "LocalService":
+    def start(self, timeout: float = 420) -> LocalService:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")}
         env.update(
             {
@@ -48,7 +48,7 @@ class LocalService:
         )
         env.update(self.extra_env)
         cmd = [
-            sys.executable, "-m", "ingress.local", "up",
+            sys.executable, "-m", "ingress.wiring.local", "up",
             "--config", str(self.config), "--port", str(self.port),
             "--models-dir", str(self.workdir / "models"), "--data-dir", str(self.workdir / "data"),
         ]
@@ -99,7 +99,7 @@ class LocalService:
         self.proc = None
 
 
-def replica_pids(service: "LocalService", deployment: str) -> list[int]:
+def replica_pids(service: LocalService, deployment: str) -> list[int]:
     """PIDs of the Serve replicas of ``deployment`` that this service started
     (Ray titles them ``ray::ServeReplica:<app>:<deployment>[.<method>]``)."""
     assert service.proc is not None

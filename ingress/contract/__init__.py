@@ -1,0 +1,1 @@
+"""The public contract: routes, schemas, validation, errors and their envelope, auth, body reading."""

@@ -1,0 +1,251 @@
+"""User-supplied images: decoding a URL's, ``data:`` URI's or bare base64's bytes into a
+checked image (format by magic bytes, pixel count from the header first), and sizing it for an app.
+
+URLs are fetched by the guarded client in :mod:`ingress.inputs.fetch`; every problem with an
+input is an :class:`~ingress.contract.errors.InputFetchError` naming the request field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import math
+import re
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ingress.contract.errors import InputFetchError, ValidationFailed
+from ingress.inputs.fetch import FetchLimits, clip_text, fetch_url
+
+log = logging.getLogger(__name__)
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_\-]+={0,2}$")
+_WHITESPACE = re.compile(r"\s+")
+
+
+async def load_image(value: str, field: str, limits: FetchLimits) -> Image.Image:
+    """Load a user-supplied image and return it decoded, EXIF-oriented and in RGB mode.
+
+    ``value`` is one of:
+
+    * an ``http://`` or ``https://`` URL, fetched under the SSRF rules in this module's
+      docstring;
+    * a ``data:image/<type>;base64,<data>`` URI;
+    * bare base64 (standard or URL-safe alphabet, padding optional, whitespace ignored) of
+      the image bytes. A string containing ``:`` is never treated as bare base64: it is
+      either one of the two forms above or refused.
+
+    Whatever the source, the bytes must decode (by magic bytes) to one of
+    ``limits.allowed_formats``, within ``limits.max_bytes`` and ``limits.max_pixels``.
+
+    Raises:
+        InputFetchError: For every problem with the input, naming ``field``.
+    """
+    if not isinstance(value, str):
+        raise InputFetchError(field, "must be a string (URL, data URI or base64)")
+    text = value.strip()
+    if not text:
+        raise InputFetchError(field, "is empty")
+    # Cheap bound before any scanning: base64 is 4/3 of the bytes, plus generous slack for
+    # line breaks and a data: header.
+    if len(text) > limits.max_bytes * 3 // 2 + 4096:
+        raise InputFetchError(field, f"image exceeds the limit of {limits.max_bytes} bytes")
+
+    scheme_match = _SCHEME.match(text)
+    if scheme_match is not None:
+        scheme = scheme_match.group(1).lower()
+        if scheme in ("http", "https"):
+            data = await fetch_url(text, field, limits)
+        elif scheme == "data":
+            data = await asyncio.to_thread(_decode_data_uri, text, field, limits)
+        else:
+            raise InputFetchError(
+                field, f"URL scheme {scheme!r} is not allowed; only http and https are"
+            )
+    else:
+        data = await asyncio.to_thread(_decode_bare_base64, text, field, limits)
+    return await asyncio.to_thread(_decode_image, data, field, limits)
+
+def _decode_data_uri(text: str, field: str, limits: FetchLimits) -> bytes:
+    # data:[<media type>][;param=value]*[;base64],<payload>   (RFC 2397)
+    header, comma, payload = text[len("data:") :].partition(",")
+    if not comma:
+        raise InputFetchError(field, "is not a valid data URI (no ',' before the payload)")
+    parts = [part.strip().lower() for part in header.split(";")]
+    mime = parts[0]
+    if not mime.startswith("image/"):
+        raise InputFetchError(
+            field, f"data URI media type {clip_text(mime, 60) or '(none)'!r} is not an image/* type"
+        )
+    if parts[-1] != "base64":
+        raise InputFetchError(field, "data URI must be base64-encoded (';base64,')")
+    return _b64decode(payload, field, limits, what="data URI payload")
+
+
+def _decode_bare_base64(text: str, field: str, limits: FetchLimits) -> bytes:
+    compact = _WHITESPACE.sub("", text)
+    if len(compact) < 8 or not _BASE64_CHARS.match(compact):
+        raise InputFetchError(field, _not_an_input(limits))
+    return _b64decode(compact, field, limits, what=None)
+
+
+def _not_an_input(limits: FetchLimits) -> str:
+    return (
+        "must be an http(s) URL, a data:image/...;base64 URI, or base64-encoded image bytes "
+        f"in an allowed format ({', '.join(limits.allowed_formats)})"
+    )
+
+
+def _b64decode(payload: str, field: str, limits: FetchLimits, what: str | None) -> bytes:
+    bad = f"{what} is not valid base64" if what else _not_an_input(limits)
+    compact = _WHITESPACE.sub("", payload)
+    # Refuse before decoding: 4 base64 characters carry 3 bytes.
+    if (len(compact) // 4) * 3 > limits.max_bytes + 3:
+        raise InputFetchError(field, f"image exceeds the limit of {limits.max_bytes} bytes")
+    if not compact or not _BASE64_CHARS.match(compact):
+        raise InputFetchError(field, bad)
+    unpadded = compact.rstrip("=")
+    if len(unpadded) % 4 == 1:
+        raise InputFetchError(field, bad)
+    padded = unpadded + "=" * (-len(unpadded) % 4)
+    if "-" in padded or "_" in padded:
+        padded = padded.replace("-", "+").replace("_", "/")
+    try:
+        data = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputFetchError(field, bad) from None
+    if not data:
+        raise InputFetchError(field, "image is empty")
+    if len(data) > limits.max_bytes:
+        raise InputFetchError(field, f"image exceeds the limit of {limits.max_bytes} bytes")
+    if what is None:
+        # Bare base64 that decodes to something Pillow cannot identify is most likely not
+        # base64 at all; say so in terms of what the field accepts.
+        _require_image_signature(data, field, limits)
+    return data
+
+
+def _require_image_signature(data: bytes, field: str, limits: FetchLimits) -> None:
+    try:
+        with Image.open(io.BytesIO(data), formats=list(limits.allowed_formats)):
+            pass
+    except Image.DecompressionBombError:
+        return  # an image after all; _decode_image reports it properly
+    except Exception:  # noqa: BLE001 - anything Pillow raises here means "not an image"
+        raise InputFetchError(field, _not_an_input(limits)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (runs in a worker thread)
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode_image(data: bytes, field: str, limits: FetchLimits) -> Image.Image:
+    allowed = ", ".join(limits.allowed_formats)
+    try:
+        # Image.open reads only the header; formats= restricts which decoders may even try.
+        img = Image.open(io.BytesIO(data), formats=list(limits.allowed_formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # The warning is only raised when warnings are configured as errors.
+        raise InputFetchError(field, f"image has more than {limits.max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        raise InputFetchError(field, f"is not an image in an allowed format ({allowed})") from None
+    except Exception:  # noqa: BLE001 - malformed header of any kind is bad input
+        raise InputFetchError(field, "image could not be read: its header is malformed") from None
+    try:
+        # Pillow reports multi-picture JPEGs (most phone photos) as MPO; they are JPEGs.
+        image_format = "JPEG" if img.format == "MPO" else img.format
+        if image_format not in limits.allowed_formats:
+            raise InputFetchError(field, f"image format {img.format} is not allowed ({allowed})")
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise InputFetchError(field, "image has no pixels")
+        if width * height > limits.max_pixels:
+            raise InputFetchError(
+                field,
+                f"image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{limits.max_pixels}",
+            )
+        try:
+            img.load()
+            oriented = ImageOps.exif_transpose(img)
+            if oriented is img:  # detach from the file-backed image closed below
+                oriented = img.copy()
+            return _to_rgb(oriented)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputFetchError(
+                field, f"image has more than {limits.max_pixels} pixels"
+            ) from None
+        except Exception:  # noqa: BLE001 - truncated/corrupt data of any kind
+            raise InputFetchError(field, "image data is corrupt or truncated") from None
+    finally:
+        img.close()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("P", "PA") or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Guarded client for other modules (added for ingress.webhooks)
+# ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizing for an app
+# ---------------------------------------------------------------------------------------------
+
+
+def size_for_app(
+    image: Image.Image, width: int | None, height: int | None, app_id: str, lim: Any
+) -> Image.Image:
+    """Size an input image for a job, always within the app's limits (``lim``: its ``AppLimits``).
+
+    Both ``width`` and ``height``: that size (already checked against the app).
+    One of them: the other follows from the image's aspect ratio, rounded to a
+    multiple of 64, and must fall within the app's range (else a 422 naming it).
+    Neither: the image is scaled, aspect kept, until both sides are within the
+    app's ranges (down if larger, up if smaller), then rounded down to multiples
+    of 64; an aspect ratio no size in the ranges can keep is a 422.
+    """
+    ranges = {"width": _range64(lim.width.min, lim.width.max), "height": _range64(lim.height.min, lim.height.max)}
+    iw, ih = image.size
+    if width and height:
+        return image.resize((width, height), Image.LANCZOS)
+    if width or height:
+        given, value = ("width", width) if width else ("height", height)
+        other = "height" if width else "width"
+        derived = max(64, round((ih * width / iw if width else iw * height / ih) / 64) * 64)
+        lo, hi = ranges[other]
+        if not lo <= derived <= hi:
+            raise ValidationFailed(
+                f"{other}: from the input image's aspect ratio ({iw}x{ih}) and {given} {value} it would be "
+                f"{derived}, outside app {app_id}'s range; allowed: {lo}..{hi}; send both width and height"
+            )
+        size = (width, derived) if width else (derived, height)
+        return image.resize(size, Image.LANCZOS)
+    (wlo, whi), (hlo, hhi) = ranges["width"], ranges["height"]
+    scale = min(1.0, whi / iw, hhi / ih)
+    scale = max(scale, wlo / iw, hlo / ih)
+    if iw * scale > whi * 1.001 or ih * scale > hhi * 1.001:
+        raise ValidationFailed(
+            f"image: its aspect ratio ({iw}x{ih}) cannot fit app {app_id}'s sizes; allowed: width "
+            f"{wlo}..{whi}, height {hlo}..{hhi}; crop it, or send width and height"
+        )
+    w = min(whi, max(wlo, math.floor(iw * scale / 64) * 64))
+    h = min(hhi, max(hlo, math.floor(ih * scale / 64) * 64))
+    return image if (w, h) == image.size else image.resize((w, h), Image.LANCZOS)
+
+
+def _range64(lo: float, hi: float) -> tuple[int, int]:
+    """The multiples of 64 within ``lo..hi``, as an inclusive range."""
+    return int(math.ceil(lo / 64) * 64), int(math.floor(hi / 64) * 64)

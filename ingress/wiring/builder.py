@@ -1,0 +1,82 @@
+"""``import_path: ingress.wiring.builder:build_app`` — config in, Serve application out.
+
+The builder validates ``args`` into :class:`ServiceConfig`, binds one family
+deployment per (family, GPU type) that an app uses, pinned to its GPU type by a
+custom resource, the one-replica task coordinator, and the ingress with their
+handles. Each deployment gets its share of the secrets (:mod:`ingress.wiring.secrets`)
+in its own ``runtime_env``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.catalog import KINDS, deployment_name
+from ingress.tasks.coordinator import TaskCoordinator
+from ingress.wiring.deployment import StudioIngress
+from ingress.wiring.registry import ServiceConfig
+from ingress.wiring.secrets import Secrets
+
+
+def family_class(kind: str) -> type:
+    """The deployment class that serves a family kind (``deployments.catalog.KINDS``)."""
+    module, _, name = KINDS[kind].deployment.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _with_env(actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    return {**actor_options, "runtime_env": {"env_vars": env}} if env else actor_options
+
+
+def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) -> dict[str, Application]:
+    """One bound family deployment per (family, GPU type), keyed by deployment name."""
+    secrets = secrets if secrets is not None else Secrets.read()
+    models_dir = config.models_path()
+    bound: dict[str, Application] = {}
+    for family_name, gpu in config.deployment_keys():
+        family = config.families[family_name]
+        name = deployment_name(family_name, gpu)
+        options = family.options_for(gpu).serve_options()
+        deployment = serve.deployment(
+            family_class(family.kind),
+            name=name,
+            ray_actor_options=_with_env(config.gpu_pools[gpu].actor_options(), secrets.for_family()),
+            **options,
+        )
+        bound[name] = deployment.bind(
+            family.model.resolve(models_dir),
+            revision=family.model.revision,
+            dtype=family.model.dtype,
+            family=family_name,
+            gpu=gpu,
+            max_side=family.max_side,
+            stall_seconds=family.stall_seconds,
+        )
+    return bound
+
+
+def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Application:
+    """Serve's application builder: ``args`` is the registry from serve_config.yaml;
+    ``secrets`` default to this process's environment (see :mod:`ingress.wiring.secrets`)."""
+    config = ServiceConfig.model_validate(args)
+    secrets = secrets if secrets is not None else Secrets.read()
+    families = family_deployments(config, secrets)
+    coordinator = serve.deployment(
+        TaskCoordinator,
+        name="tasks",
+        num_replicas=1,
+        max_ongoing_requests=1000,
+        health_check_period_s=2,
+        ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_coordinator()),
+    ).bind(families)
+    ingress = serve.deployment(
+        serve.ingress()(StudioIngress),
+        name="ingress",
+        ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_ingress()),
+        **config.ingress.serve_options(),
+    )
+    return ingress.bind(config.model_dump(mode="json"), families, coordinator)

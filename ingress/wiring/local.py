@@ -1,0 +1,203 @@
+"""Run the service on its embedded default: a local Ray node with the three GPU
+types emulated as custom resources, the local object store, tiny models.
+
+    python -m ingress.wiring.local up [--port 8000] [--config serve_config.yaml]
+
+SIGHUP redeploys the application from the (re-read) config file.
+
+The same code path serves the end-to-end tests and the benchmarks: it reads
+``serve_config.yaml``, applies its runtime_env, and deploys the application
+through ``ingress.wiring.builder:build_app`` with ``serve.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATED_GPUS = {"a10g": 4, "a100": 4, "h100": 4}
+log = logging.getLogger("ingress.wiring.local")
+
+
+def load_app_config(path: Path, name: str = "studio") -> dict[str, Any]:
+    """The application entry ``name`` of a Serve config file."""
+    config = yaml.safe_load(Path(path).read_text())
+    for app in config.get("applications", []):
+        if app.get("name") == name:
+            return app
+    raise SystemExit(f"{path}: no application named {name!r}")
+
+
+def dev_keys(data_dir: Path) -> tuple[Path, str]:
+    """Create (once) a development API key for tenant ``dev``; return the file and key."""
+    path = data_dir / "dev-api-keys.json"
+    if path.exists():
+        keys = json.loads(path.read_text())
+        return path, next(iter(keys))
+    key = "sk-dev-" + secrets.token_urlsafe(24)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({key: "dev"}, f)
+    return path, key
+
+
+def dev_webhook_secret(data_dir: Path) -> Path:
+    """Create (once) a webhook signing secret for tenant ``dev``; return its file."""
+    from ingress.tasks.webhooks import new_secret
+
+    path = data_dir / "dev-webhook-secrets.json"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"dev": new_secret()}, f)
+    return path
+
+
+def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: Path) -> dict[str, str]:
+    """Environment of the launcher and, minus the secrets, of every replica: the config's
+    runtime_env plus local defaults. Values already set in this process's environment
+    (e.g. S3 settings or keys) win over the local defaults; without configured API keys
+    or webhook secrets, the development ones in ``data_dir`` are used."""
+    env = {k: str(v) for k, v in (app.get("runtime_env", {}).get("env_vars") or {}).items()}
+    defaults = {
+        "STUDIO_MODELS_DIR": str(models_dir),
+        "STUDIO_STORAGE_LOCAL_ROOT": str(data_dir / "objects"),
+        "STUDIO_STORAGE_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "RAY_SERVE_LOG_TO_STDERR": "0",
+    }
+    env.update(defaults)
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("STUDIO_", "RAY_SERVE_"))})
+    if "STUDIO_API_KEYS" not in env and "STUDIO_API_KEYS_FILE" not in env:
+        env["STUDIO_API_KEYS_FILE"] = str(dev_keys(data_dir)[0])
+    if "STUDIO_WEBHOOK_SECRETS" not in env and "STUDIO_WEBHOOK_SECRETS_FILE" not in env:
+        env["STUDIO_WEBHOOK_SECRETS_FILE"] = str(dev_webhook_secret(data_dir))
+    return env
+
+
+def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: bool, name: str = "studio") -> None:
+    """Start Ray, deploy the app, print how to call it, and serve until stopped."""
+    from ingress.wiring.secrets import SECRET_VARS, Secrets
+
+    app = load_app_config(config_path, name)
+    # Ray Serve's throughput mode (bench/overhead.py: half the added latency).
+    # Proxy- and controller-level settings must be in the environment that starts Ray.
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    env = service_env(app, port=port, models_dir=models_dir, data_dir=data_dir)
+    os.environ.update(env)
+    try:
+        # Ray's workers inherit this process's environment: the secrets leave it here,
+        # and reach only the deployments that need them (ingress/wiring/secrets.py).
+        found = Secrets.take(os.environ)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    shared_env = {k: v for k, v in env.items() if k not in SECRET_VARS}
+    if tiny:
+        from deployments.tiny import make_tiny_models
+
+        make_tiny_models(models_dir)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Token authentication on every Ray port, whatever this Ray version's default (Ray reads
+    # it when it is imported, so it is set first).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] != "token":
+        log.warning("RAY_AUTH_MODE=%s: Ray's ports accept unauthenticated calls", os.environ["RAY_AUTH_MODE"])
+    import ray
+    from ray import serve
+
+    ray.init(
+        num_cpus=int(os.environ.get("STUDIO_RAY_NUM_CPUS", os.cpu_count() or 2)),
+        resources=EMULATED_GPUS,
+        include_dashboard=False,
+        runtime_env={"env_vars": shared_env},
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=os.environ.get("STUDIO_LOG_TO_DRIVER", "0") == "1",
+    )
+    from ingress.wiring.builder import build_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 600})
+
+    def deploy() -> None:
+        current = load_app_config(config_path, name)
+        serve.run(
+            build_app(current["args"], secrets=found),
+            name=name,
+            route_prefix=current.get("route_prefix", "/"),
+            logging_config=current.get("logging_config"),
+        )
+
+    deploy()
+    print_ready(port, found, data_dir)
+    stop, reload = threading.Event(), threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: (reload.set(), stop.set()))
+    while True:
+        stop.wait()
+        if not reload.is_set():
+            break
+        stop.clear()
+        reload.clear()
+        print("REDEPLOYING", flush=True)
+        deploy()  # a rolling update: every replica is replaced
+        print("REDEPLOYED", flush=True)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def print_ready(port: int, found: Any, data_dir: Path) -> None:
+    """Say how to call the service. Secrets are printed only when they are the development
+    ones this launcher generated in ``data_dir``, never a configured key or secret."""
+    from ingress.wiring.secrets import API_KEYS, API_KEYS_FILE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE
+
+    base = f"http://127.0.0.1:{port}/api/v1/studio"
+    key = "<your key>"
+    dev_keys_file, dev_secret_file = data_dir / "dev-api-keys.json", data_dir / "dev-webhook-secrets.json"
+    if API_KEYS not in found.env and found.env.get(API_KEYS_FILE) == str(dev_keys_file):
+        key = next(iter(json.loads(dev_keys_file.read_text())))
+    print(f"READY {base}", flush=True)
+    print("Studio API is up (tiny random-weight models: images are noise).")
+    if key != "<your key>":
+        print(f"Development API key (tenant dev): {key}")
+    if WEBHOOK_SECRETS not in found.env and found.env.get(WEBHOOK_SECRETS_FILE) == str(dev_secret_file):
+        print(f"Development webhook signing secret (tenant dev): {json.loads(dev_secret_file.read_text()).get('dev')}")
+    print(f"OpenAPI docs: http://127.0.0.1:{port}/docs")
+    print("Try:")
+    print(
+        f"  curl -s {base}/getTextToImage -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        "-d '{\"app_id\": \"ap-sd15-txt2img\", \"prompt\": \"a lighthouse at dusk\", \"num_inference_steps\": 4, "
+        "\"seed\": 42}'",
+        flush=True,
+    )
+    print("Stop with Ctrl-C.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ingress.wiring.local", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("up", help="start Ray, deploy serve_config.yaml, serve until Ctrl-C")
+    run.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--models-dir", type=Path, default=ROOT / ".models")
+    run.add_argument("--data-dir", type=Path, default=ROOT / ".data")
+    run.add_argument("--no-tiny", dest="tiny", action="store_false", help="do not write the tiny models")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    up(args.config, args.port, args.models_dir.resolve(), args.data_dir.resolve(), args.tiny)
+
+
+if __name__ == "__main__":
+    main()

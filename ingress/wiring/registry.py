@@ -1,0 +1,268 @@
+"""The app registry: the one place that says what each ``app_id`` is.
+
+``serve_config.yaml`` carries it as the builder's ``args``; :class:`ServiceConfig`
+validates it. Each app names a model family, the GPU types it is deployed on
+(default first), its limits and its defaults. One family deployment exists per
+(family, GPU type) that some app uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deployments.catalog import KINDS, TASKS, GpuType, route_tasks
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """An inclusive integer or float range."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class AppLimits(_Strict):
+    """Per-app bounds, tighter than (or equal to) the contract's."""
+
+    height: Range = Range(min=256, max=1536)
+    width: Range = Range(min=256, max=1536)
+    batch_max: int = Field(8, ge=1, le=8)
+    steps_max: int = Field(50, ge=1, le=50)
+    task_deadline_seconds: float | None = Field(
+        None, ge=1, description="Async tasks of this app fail with Timeout this long after submit "
+        "(default: STUDIO_TASK_DEADLINE_SECONDS).",
+    )
+
+
+class AppDefaults(_Strict):
+    """Values used when a request leaves a field out."""
+
+    height: int = Field(512, ge=256, le=1536, multiple_of=64)
+    width: int = Field(512, ge=256, le=1536, multiple_of=64)
+    num_inference_steps: int = Field(30, ge=1, le=50)
+    guidance_scale: float = Field(7.5, ge=1, le=30)
+    strength: float = Field(0.7, ge=0, le=1)
+    prompt: str = "a beautiful painting"
+
+
+class ModelSource(_Strict):
+    """Where a family's weights come from: a local directory or a hub id.
+
+    ``path`` relative to the registry's ``models_dir`` (or absolute); ``hub_id``
+    is passed to ``from_pretrained`` as is.
+    """
+
+    path: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.path is None) == (self.hub_id is None):
+            raise ValueError("give exactly one of `path` or `hub_id`")
+        return self
+
+    def resolve(self, models_dir: Path) -> str:
+        if self.hub_id is not None:
+            return self.hub_id
+        path = Path(os.path.expandvars(self.path))
+        return str(path if path.is_absolute() else (models_dir / path).resolve())
+
+
+class DeploymentOptions(_Strict):
+    """Ray Serve deployment options for one family deployment (or the ingress)."""
+
+    num_replicas: int | None = Field(None, ge=1)
+    autoscaling_config: dict[str, Any] | None = None
+    max_ongoing_requests: int = Field(2, ge=1)
+    max_queued_requests: int = Field(16, ge=-1)
+    health_check_period_s: float = Field(10, gt=0)
+    health_check_timeout_s: float = Field(30, gt=0)
+    graceful_shutdown_timeout_s: float = Field(20, ge=0)
+
+    @model_validator(mode="after")
+    def _scaling(self) -> DeploymentOptions:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give `num_replicas` or `autoscaling_config`, not both")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        options = self.model_dump(exclude_none=True)
+        if "num_replicas" not in options and "autoscaling_config" not in options:
+            options["num_replicas"] = 1
+        return options
+
+
+class GpuPool(_Strict):
+    """How a GPU type is requested from Ray: its custom resource and GPU count."""
+
+    resources: dict[str, float]
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(0, ge=0)
+
+    def actor_options(self) -> dict[str, Any]:
+        return {"resources": dict(self.resources), "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
+
+
+class FamilyConfig(_Strict):
+    """One set of weights served by one kind of family deployment."""
+
+    kind: str = Field("diffusion", description="The family kind (deployments.catalog.KINDS).")
+    model: ModelSource
+    max_side: int = Field(
+        1536, ge=64, le=8192, description="Largest image side the family's replicas accept (checked again there)."
+    )
+    stall_seconds: float = Field(
+        300, gt=0, description="A generation that finishes no step for this long fails the replica's health check."
+    )
+    deployment: DeploymentOptions = DeploymentOptions()
+    #: Per-GPU-type overrides of ``deployment`` (e.g. more replicas on a100).
+    per_gpu: dict[GpuType, DeploymentOptions] = Field(default_factory=dict)
+
+    def options_for(self, gpu: str) -> DeploymentOptions:
+        return self.per_gpu.get(gpu, self.deployment)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown family kind {kind!r}; use one of {', '.join(KINDS)}")
+        return kind
+
+
+class AppConfig(_Strict):
+    """One public ``app_id``."""
+
+    app_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    name: str
+    family: str
+    task: str = Field(description="What the app does (deployments.catalog.TASKS).")
+    inference_types: list[GpuType] = Field(min_length=1)
+    limits: AppLimits = AppLimits()
+    defaults: AppDefaults = AppDefaults()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        return task
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppConfig:
+        if len(set(self.inference_types)) != len(self.inference_types):
+            raise ValueError(f"{self.app_id}: inference_types has duplicates")
+        d, lim = self.defaults, self.limits
+        for side in ("height", "width"):
+            value, rng = getattr(d, side), getattr(lim, side)
+            if not rng.min <= value <= rng.max:
+                raise ValueError(f"{self.app_id}: default {side} {value} is outside its limits")
+        if d.num_inference_steps > lim.steps_max:
+            raise ValueError(f"{self.app_id}: default steps exceed steps_max")
+        return self
+
+    @property
+    def default_gpu(self) -> str:
+        return self.inference_types[0]
+
+    def public(self) -> dict[str, Any]:
+        """What ``GET apps`` shows: no model paths, no deployment internals."""
+        return {
+            "app_id": self.app_id,
+            "name": self.name,
+            "family": self.family,
+            "task": self.task,
+            "routes": [r for r, tasks in route_tasks().items() if self.task in tasks],
+            "inference_types": list(self.inference_types),
+            "default_inference_type": self.default_gpu,
+            "limits": self.limits.model_dump(),
+            "defaults": self.defaults.model_dump(),
+        }
+
+
+class IngressOptions(DeploymentOptions):
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(256, ge=-1)
+
+
+class ServiceConfig(_Strict):
+    """The builder's ``args``: GPU pools, families, apps, ingress options."""
+
+    models_dir: str = Field(
+        "${STUDIO_MODELS_DIR}",
+        description="Base directory for relative model paths (env vars expanded).",
+    )
+    gpu_pools: dict[GpuType, GpuPool]
+    families: dict[str, FamilyConfig]
+    apps: list[AppConfig] = Field(min_length=1)
+    ingress: IngressOptions = IngressOptions()
+
+    @model_validator(mode="after")
+    def _references(self) -> ServiceConfig:
+        for name in self.families:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"family name {name!r}: use letters, digits, '-' and '_' only")
+        seen: set[str] = set()
+        for app in self.apps:
+            if app.app_id in seen:
+                raise ValueError(f"duplicate app_id {app.app_id}")
+            seen.add(app.app_id)
+            if app.family not in self.families:
+                raise ValueError(f"app {app.app_id}: unknown family {app.family!r}")
+            kind = self.families[app.family].kind
+            if TASKS[app.task].kind != kind:
+                raise ValueError(f"app {app.app_id}: task {app.task} runs on {TASKS[app.task].kind} families, "
+                                 f"not on family {app.family} ({kind})")
+            side = self.families[app.family].max_side
+            if max(app.limits.height.max, app.limits.width.max) > side:
+                raise ValueError(f"app {app.app_id}: its size limits exceed family {app.family}'s max_side {side}")
+            for gpu in app.inference_types:
+                if gpu not in self.gpu_pools:
+                    raise ValueError(f"app {app.app_id}: GPU type {gpu!r} has no gpu_pools entry")
+        return self
+
+    def models_path(self) -> Path:
+        raw = os.path.expandvars(self.models_dir)
+        if "$" in raw:
+            raw = ".models"
+        return Path(raw).expanduser().resolve()
+
+    def deployment_keys(self) -> list[tuple[str, str]]:
+        """Every (family, GPU type) some app uses, in registry order."""
+        keys: list[tuple[str, str]] = []
+        for app in self.apps:
+            for gpu in app.inference_types:
+                if (app.family, gpu) not in keys:
+                    keys.append((app.family, gpu))
+        return keys
+
+
+class Registry:
+    """Lookups the ingress does per request."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.apps: dict[str, AppConfig] = {a.app_id: a for a in config.apps}
+
+    def app(self, app_id: str) -> AppConfig | None:
+        return self.apps.get(app_id)
+
+    def app_ids(self) -> list[str]:
+        return list(self.apps)
+
+    def public(self) -> list[dict[str, Any]]:
+        return [a.public() for a in self.config.apps]

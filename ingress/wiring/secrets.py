@@ -1,0 +1,141 @@
+"""Where each secret goes: every deployment gets only what it needs.
+
+| deployment        | gets                                                                  |
+|-------------------|-----------------------------------------------------------------------|
+| ingress           | SHA-256 digests of the API keys (never the keys), the names of the    |
+|                   | tenants that have a webhook secret, storage credentials               |
+| tasks (coordinator)| the webhook signing secrets (or their file), storage credentials     |
+| family replicas   | S3 credentials only                                                   |
+| proxy, controller | nothing                                                               |
+
+The builder (:func:`ingress.wiring.builder.build_app`) reads the secrets once, from the
+environment of the process that builds the app (the launcher, or Serve's
+controller under ``serve deploy``/KubeRay) and from the files those variables
+name, and hands each deployment its share through
+``ray_actor_options.runtime_env.env_vars``. The launcher removes every secret
+variable from its own environment before it starts Ray, because Ray's worker
+processes inherit the environment of the process that started the node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.keys import validate_tenant
+
+#: Storage credentials: what every replica that reads or writes objects needs.
+S3_CREDENTIALS = (
+    "STUDIO_STORAGE_S3_ACCESS_KEY_ID",
+    "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+SIGNING_SECRET = "STUDIO_STORAGE_SIGNING_SECRET"
+API_KEYS, API_KEYS_FILE = "STUDIO_API_KEYS", "STUDIO_API_KEYS_FILE"
+WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE = "STUDIO_WEBHOOK_SECRETS", "STUDIO_WEBHOOK_SECRETS_FILE"
+#: What the ingress and coordinator read instead of the keys and secrets themselves.
+API_KEY_DIGESTS, WEBHOOK_TENANTS = "STUDIO_API_KEY_DIGESTS", "STUDIO_WEBHOOK_TENANTS"
+
+#: Every variable that is a secret or points at one; never in the shared runtime env.
+SECRET_VARS = (*S3_CREDENTIALS, SIGNING_SECRET, API_KEYS, API_KEYS_FILE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE)
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest by which the ingress knows an API key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _json_object(text: str, what: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{what}: not valid JSON") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"{what}: must be a JSON object of strings")
+    return value
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The secrets one build of the app hands out, read and checked once."""
+
+    env: dict[str, str] = field(default_factory=dict)  # the secret variables as found
+
+    @classmethod
+    def take(cls, environ: MutableMapping[str, str]) -> Secrets:
+        """Read the secrets and remove them from ``environ`` (the launcher's own)."""
+        found = cls.read(environ)
+        for name in SECRET_VARS:
+            environ.pop(name, None)
+        return found
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> Secrets:
+        environ = os.environ if environ is None else environ
+        found = cls({k: environ[k] for k in SECRET_VARS if environ.get(k)})
+        found.api_key_digests()  # fail fast on a malformed key table or tenant name
+        found.webhook_tenants()
+        return found
+
+    def api_key_digests(self) -> dict[str, str]:
+        """``{sha256 hex of key: tenant}`` from ``STUDIO_API_KEYS`` and ``STUDIO_API_KEYS_FILE``."""
+        keys: dict[str, str] = {}
+        if API_KEYS in self.env:
+            keys.update(_json_object(self.env[API_KEYS], API_KEYS))
+        if API_KEYS_FILE in self.env:
+            path = Path(self.env[API_KEYS_FILE])
+            keys.update(_json_object(path.read_text(), f"{API_KEYS_FILE} ({path})"))
+        for tenant in keys.values():
+            try:
+                validate_tenant(tenant)
+            except ValueError as exc:
+                raise ValueError(f"API keys: {exc}") from None
+        return {key_digest(k): tenant for k, tenant in keys.items() if k}
+
+    def webhook_secrets(self) -> dict[str, str]:
+        """``{tenant: whsec_...}`` from ``STUDIO_WEBHOOK_SECRETS`` and its file."""
+        found: dict[str, str] = {}
+        if WEBHOOK_SECRETS in self.env:
+            found.update(_json_object(self.env[WEBHOOK_SECRETS], WEBHOOK_SECRETS))
+        if WEBHOOK_SECRETS_FILE in self.env and Path(self.env[WEBHOOK_SECRETS_FILE]).exists():
+            path = Path(self.env[WEBHOOK_SECRETS_FILE])
+            found.update(_json_object(path.read_text(), f"{WEBHOOK_SECRETS_FILE} ({path})"))
+        return found
+
+    def webhook_tenants(self) -> list[str]:
+        """The tenants with a webhook secret, each name and secret checked."""
+        from standardwebhooks import Webhook
+
+        found = self.webhook_secrets()
+        for tenant, secret in found.items():
+            try:
+                validate_tenant(tenant)
+            except ValueError as exc:
+                raise ValueError(f"webhook secrets: {exc}") from None
+            try:
+                Webhook(secret)
+            except Exception:
+                raise ValueError(f"webhook secrets: the secret of tenant {tenant!r} is not whsec_<base64>") from None
+        return sorted(found)
+
+    def _pick(self, names: tuple[str, ...]) -> dict[str, str]:
+        return {k: self.env[k] for k in names if k in self.env}
+
+    def for_ingress(self) -> dict[str, str]:
+        return {
+            **self._pick((*S3_CREDENTIALS, SIGNING_SECRET)),
+            API_KEY_DIGESTS: json.dumps(self.api_key_digests()),
+            WEBHOOK_TENANTS: json.dumps(self.webhook_tenants()),
+        }
+
+    def for_coordinator(self) -> dict[str, str]:
+        return self._pick((*S3_CREDENTIALS, SIGNING_SECRET, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE))
+
+    def for_family(self) -> dict[str, str]:
+        return self._pick(S3_CREDENTIALS)

@@ -1,0 +1,89 @@
+"""Ingress settings, read from the environment (prefix ``STUDIO_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IngressSettings(BaseSettings):
+    """What the ingress replica reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="STUDIO_", extra="ignore")
+
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="JSON object: API key -> tenant. Merged with api_keys_file."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="JSON file with an object of API key -> tenant (e.g. a mounted Kubernetes secret)."
+    )
+    api_key_digests: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: SHA-256 hex of an API key -> tenant. What the builder hands the ingress.",
+    )
+    allow_loopback_inputs: bool = Field(
+        False, description="Tests only: let input URLs point at 127.0.0.0/8 and ::1. Never in production."
+    )
+    fetch_timeout_seconds: float = Field(10, gt=0, le=120)
+    fetch_max_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body of a route without inline images (413 beyond)."
+    )
+    max_image_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024,
+        description="Largest body of a route that takes images (two inline images at the 20 MiB cap fit).",
+    )
+    max_buffered_body_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Body bytes one ingress replica holds at once (503 beyond)."
+    )
+    body_read_seconds: float = Field(60, gt=0, description="A body not received within this long is a 408.")
+    sync_timeout_seconds: float = Field(
+        300, gt=0, description="A synchronous call that takes longer answers 504 Timeout."
+    )
+    retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent with 503 Overloaded.")
+    task_max_attempts: int = Field(
+        3, ge=1, le=20, description="Dispatches of an async task before it is quarantined as FAILURE."
+    )
+    task_lease_seconds: float = Field(20, gt=0, description="A worker that stops renewing for this long is lost.")
+    task_renew_seconds: float = Field(1, gt=0, description="How often a worker renews its lease and reports progress.")
+    task_deadline_seconds: float = Field(
+        3600, ge=1, description="An async task not finished this long after submit fails with Timeout (per app: "
+        "limits.task_deadline_seconds).",
+    )
+    coordinator_poll_seconds: float = Field(1, gt=0, description="How often the coordinator scans unfinished tasks.")
+    retention_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="Task records and generated files are deleted after this long."
+    )
+    webhook_secrets: dict[str, str] = Field(
+        default_factory=dict, description="JSON object: tenant -> Standard Webhooks secret (whsec_...)."
+    )
+    webhook_secrets_file: Path | None = Field(None, description="JSON file of the same shape.")
+    webhook_tenants: list[str] = Field(
+        default_factory=list, description="Tenants that have a webhook secret (what the ingress is told)."
+    )
+    webhook_concurrency: int = Field(64, ge=1, le=1024, description="Webhook deliveries in flight at once.")
+    webhook_tenant_concurrency: int = Field(
+        4, ge=1, le=256, description="Webhook deliveries in flight at once for one tenant."
+    )
+    webhook_max_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried before a dead letter.")
+    webhook_base_delay_seconds: float = Field(2, gt=0, description="First retry delay; doubles, with jitter.")
+    webhook_max_delay_seconds: float = Field(300, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IngressSettings:
+        if self.max_buffered_body_bytes < self.max_image_body_bytes:
+            raise ValueError("STUDIO_MAX_BUFFERED_BODY_BYTES must be at least STUDIO_MAX_IMAGE_BODY_BYTES")
+        return self
+
+    def has_webhook_secret(self, tenant: str) -> bool:
+        return tenant in self.webhook_tenants or self.webhook_secret(tenant) is not None
+
+    def webhook_secret(self, tenant: str) -> str | None:
+        secrets = dict(self.webhook_secrets)
+        if self.webhook_secrets_file is not None and self.webhook_secrets_file.exists():
+            import json
+
+            secrets.update(json.loads(self.webhook_secrets_file.read_text()))
+        return secrets.get(tenant)

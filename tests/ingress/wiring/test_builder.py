@@ -1,0 +1,84 @@
+"""The builder turns serve_config.yaml into deployments without a cluster."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ingress.wiring.builder import build_app, family_deployments
+from ingress.wiring.registry import ServiceConfig
+from ingress.wiring.secrets import Secrets
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _args():
+    return yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+
+
+def test_family_deployments_are_pinned_to_their_gpu_type(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    bound = family_deployments(ServiceConfig.model_validate(_args()))
+    assert set(bound) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
+    for name, app in bound.items():
+        d = app._bound_deployment
+        gpu = name.rsplit("-", 1)[1]
+        assert d.name == name
+        assert d.ray_actor_options["resources"] == {gpu: 1}
+        assert d.ray_actor_options["num_cpus"] == 0
+        assert d.max_ongoing_requests == 2 and d.max_queued_requests == 8
+        family = name.rsplit("-", 1)[0]
+        assert d.init_args[0] == str(tmp_path / f"tiny-{family}")
+        assert d.init_kwargs["gpu"] == gpu
+
+
+def test_build_app_binds_the_ingress_with_every_handle(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    app = build_app(_args())
+    d = app._bound_deployment
+    assert d.name == "ingress"
+    assert d.max_ongoing_requests == 64 and d.max_queued_requests == 256
+    config, handles, coordinator = d.init_args
+    assert set(handles) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
+    tasks = coordinator._bound_deployment
+    assert tasks.name == "tasks" and tasks.num_replicas == 1
+    assert set(tasks.init_args[0]) == set(handles)
+    assert config["apps"][0]["app_id"] == "ap-sd15-txt2img"
+
+
+def test_per_gpu_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    args = _args()
+    args["families"]["sd15"]["per_gpu"] = {"a100": {"num_replicas": 3, "max_ongoing_requests": 4}}
+    bound = family_deployments(ServiceConfig.model_validate(args))
+    assert bound["sd15-a100"]._bound_deployment.num_replicas == 3
+    assert bound["sd15-a10g"]._bound_deployment.num_replicas == 1
+
+
+def test_hub_ids_pass_through(tmp_path, monkeypatch):
+    args = _args()
+    args["families"]["sdxl"]["model"] = {"hub_id": "stabilityai/stable-diffusion-xl-base-1.0", "revision": "main"}
+    bound = family_deployments(ServiceConfig.model_validate(args))
+    d = bound["sdxl-a100"]._bound_deployment
+    assert d.init_args[0] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert d.init_kwargs["revision"] == "main"
+
+
+def test_each_deployment_gets_its_share_of_the_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    found = Secrets.read({
+        "STUDIO_API_KEYS": json.dumps({"sk-live": "acme"}),
+        "STUDIO_WEBHOOK_SECRETS": json.dumps({"acme": "whsec_c2VjcmV0"}),
+        "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": "s3-secret",
+    })
+    ingress = build_app(_args(), secrets=found)._bound_deployment
+    _, handles, coordinator = ingress.init_args
+    envs = {"ingress": ingress.ray_actor_options["runtime_env"]["env_vars"],
+            "tasks": coordinator._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]}
+    for name, family in handles.items():
+        envs[name] = family._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
+        assert family._bound_deployment.ray_actor_options["resources"]  # pinning kept
+    assert all("sk-live" not in json.dumps(env) for env in envs.values())
+    assert [name for name, env in envs.items() if "STUDIO_WEBHOOK_SECRETS" in env] == ["tasks"]
+    assert all(env["STUDIO_STORAGE_S3_SECRET_ACCESS_KEY"] == "s3-secret" for env in envs.values())
+    assert "STUDIO_API_KEY_DIGESTS" in envs["ingress"]
