@@ -1,1 +1,1 @@
-"""Family deployments: plain classes bound by ``ingress.builder`` from config."""
+"""Family deployments: plain classes bound by ``ingress.wiring.builder`` from config."""

@@ -55,8 +55,11 @@ class TaskSpec:
     strength: str | None = None
     #: Request fields only this task accepts (beyond the route's common ones).
     options: tuple[str, ...] = ()
-    #: The family component an app of this task must name (``control``: a ControlNet).
+    #: The family component the task needs: ``controlnet`` (the app's ``control`` names
+    #: one) or ``ip_adapter``.
     component: str | None = None
+    #: The module that runs the task on a family replica (``module:Class``); None: the kind's own.
+    handler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ class KindSpec:
 
 _IMAGE = InputSpec("image", "image", doc="the reference image")
 _IMG2IMG_STRENGTH = "diffusers' img2img strength: 0 keeps the input, 1 ignores it"
-_CONDITIONING = "how strongly the reference conditions the result (ControlNet conditioning scale)"
+_CONDITIONING = "how strongly the control image conditions the result: the ControlNet conditioning scale (0..1)"
+_ILLUSION = "how strongly the pattern shows: ControlNet conditioning scale 0.8 + 1.2 x strength (0.8..2.0)"
+_VARIATION = "how closely the variation follows the image: the IP-Adapter scale (0..1)"
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -84,6 +89,16 @@ TASKS: dict[str, TaskSpec] = {
             inputs=(_IMAGE, InputSpec("mask_url", "mask", mode="L", doc="white = repaint, black = keep")),
             strength=_IMG2IMG_STRENGTH,
         ),
+        TaskSpec("controlnet", "getImageToImage", "diffusion", "ControlNet", inputs=(_IMAGE,),
+                 strength=_CONDITIONING, options=("return_control_image",), component="controlnet",
+                 handler="deployments.families.controlnet:ControlNetTask"),
+        TaskSpec("illusion", "getImageToImage", "diffusion", "Illusion Diffusion",
+                 inputs=(InputSpec("image", "image", doc="the pattern (e.g. a QR code or a spiral)"),),
+                 strength=_ILLUSION, options=("return_control_image",), component="controlnet",
+                 handler="deployments.families.illusion:IllusionTask"),
+        TaskSpec("variation", "getImageToImage", "diffusion", "Image Variation", inputs=(_IMAGE,),
+                 strength=_VARIATION, component="ip_adapter",
+                 handler="deployments.families.variation:VariationTask"),
     )
 }
 
@@ -92,7 +107,10 @@ KINDS: dict[str, KindSpec] = {
     for spec in (
         KindSpec("diffusion", "deployments.families.diffusion:DiffusionFamily",
                  "Stable Diffusion 1.x/2.x and SDXL pipelines sharing one set of weights",
-                 tiny_models=("tiny-sd15", "tiny-sdxl")),
+                 tiny_models=("tiny-sd15", "tiny-sdxl", "tiny-controlnet-sdxl-canny", "tiny-controlnet-sdxl-depth",
+                              "tiny-controlnet-sdxl-openpose", "tiny-controlnet-sd15-qrcode", "tiny-depth", "tiny-pose",
+                              "tiny-ip-adapter-sd15", "tiny-ip-adapter-sdxl", "tiny-loras-sd15", "tiny-loras-sdxl",
+                              "tiny-vaes", "tiny-safety-checker")),
     )
 }
 
@@ -103,6 +121,14 @@ def route_tasks() -> dict[str, tuple[str, ...]]:
     for spec in TASKS.values():
         routes[spec.route] = routes.get(spec.route, ()) + (spec.name,)
     return routes
+
+
+def lora_stack_id(lora_model: str | None) -> str:
+    """The multiplexed model id of a request's LoRA stack: its names, sorted ("" for none).
+    Strengths are applied per call, so they are not part of it."""
+    if not lora_model:
+        return ""
+    return ",".join(sorted({name.strip() for name in lora_model.split(",") if name.strip()}))
 
 
 def deployment_name(family: str, gpu: str) -> str:

@@ -21,10 +21,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-
-from deployments.errors import TaskStopped
 from typing import Any
 
+from deployments.errors import TaskStopped
 from deployments.types import Output, TaskRef
 from storage.tasks import TaskRecord, TaskStore
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODEL_NAMES = ("tiny-sd15", "tiny-sdxl")
+MODEL_NAMES = ("tiny-sd15", "tiny-sdxl")  # the bases; every tiny model is in MAKERS
 
 _SEED = 0
 _MAX_LENGTH = 77
@@ -251,7 +251,94 @@ def build_sdxl(sample_size: int = 16):
     )
 
 
-_BUILDERS = {"tiny-sd15": build_sd15, "tiny-sdxl": build_sdxl}
+def _pipeline(build):
+    def write(target: Path) -> None:
+        build().save_pretrained(target, safe_serialization=True)
+
+    return write
+
+
+def _controlnet_sdxl(target: Path) -> None:
+    from deployments.pipelines.tiny_conditioned import write_tiny_controlnet_sdxl
+
+    write_tiny_controlnet_sdxl(target)
+
+
+def _controlnet_sd15(target: Path) -> None:
+    from deployments.pipelines.tiny_conditioned import write_tiny_controlnet_sd15
+
+    write_tiny_controlnet_sd15(target)
+
+
+def _ip_adapter(base: str):
+    def write(target: Path) -> None:
+        from deployments.pipelines.tiny_conditioned import write_tiny_ip_adapter
+
+        write_tiny_ip_adapter(target, base=base)
+
+    return write
+
+
+def _loras(base: str):
+    def write(target: Path) -> None:
+        from deployments.pipelines.tiny_options import write_tiny_loras
+
+        write_tiny_loras(target, base=base)
+
+    return write
+
+
+def _vaes(target: Path) -> None:
+    from deployments.pipelines.tiny_options import write_tiny_vae
+
+    write_tiny_vae(target)
+
+
+def _depth(target: Path) -> None:
+    from deployments.pipelines.tiny_preprocessors import write_tiny_depth
+
+    write_tiny_depth(target.parent)
+
+
+def _pose(target: Path) -> None:
+    from deployments.pipelines.tiny_preprocessors import write_tiny_pose
+
+    write_tiny_pose(target.parent)
+
+
+def _safety(target: Path) -> None:
+    from deployments.pipelines.tiny_safety import write_tiny_safety_checker
+
+    write_tiny_safety_checker(target.parent, force=True)
+
+
+#: Every tiny model by directory name: what ``deployments.catalog.KINDS[*].tiny_models`` lists.
+MAKERS = {
+    "tiny-sd15": _pipeline(build_sd15),
+    "tiny-sdxl": _pipeline(build_sdxl),
+    "tiny-controlnet-sdxl-canny": _controlnet_sdxl,
+    "tiny-controlnet-sdxl-depth": _controlnet_sdxl,
+    "tiny-controlnet-sdxl-openpose": _controlnet_sdxl,
+    "tiny-controlnet-sd15-qrcode": _controlnet_sd15,
+    "tiny-depth": _depth,
+    "tiny-pose": _pose,
+    "tiny-ip-adapter-sd15": _ip_adapter("sd15"),
+    "tiny-ip-adapter-sdxl": _ip_adapter("sdxl"),
+    "tiny-loras-sd15": _loras("sd15"),
+    "tiny-loras-sdxl": _loras("sdxl"),
+    "tiny-vaes": _vaes,
+    "tiny-safety-checker": _safety,
+}
+
+
+def tiny_model_names() -> list[str]:
+    """The tiny models of every family kind, from the task table."""
+    from deployments.catalog import KINDS
+
+    names: list[str] = []
+    for kind in KINDS.values():
+        names += [n for n in kind.tiny_models if n not in names]
+    return names
 
 
 def make_tiny_models(
@@ -259,22 +346,28 @@ def make_tiny_models(
 ) -> dict[str, Path]:
     """Write every tiny model under ``out_dir``; return ``{name: directory}``.
 
-    A model whose directory already holds ``model_index.json`` is skipped unless
+    A model whose directory already holds its ``.complete`` marker is skipped unless
     ``force``. ``progress`` (default: no output) gets one line per model.
     """
+    import shutil
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for name in MODEL_NAMES:
+    for name in tiny_model_names():
         target = out / name
-        if (target / "model_index.json").is_file() and not force:
+        marker = target / ".complete"
+        if marker.is_file() and not force:
             if progress:
                 progress(f"{name}: exists at {target}, skipped (use --force to rebuild)")
             written[name] = target
             continue
         start = time.perf_counter()
-        pipe = _BUILDERS[name]()
-        pipe.save_pretrained(target, safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        MAKERS[name](target)
+        marker.write_text("")
         if progress:
             progress(f"{name}: written to {target} in {time.perf_counter() - start:.2f}s")
         written[name] = target
@@ -284,7 +377,7 @@ def make_tiny_models(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.tiny",
-        description="Write tiny random-weight SD 1.5 and SDXL pipelines (they produce noise; "
+        description="Write every tiny random-weight model (they produce noise; "
         "for tests and the embedded default only).",
     )
     parser.add_argument("out_dir", type=Path)

@@ -47,6 +47,14 @@ class ImageJob(Job):
     use_karras_sigmas: bool | None = None
     algorithm_type: str | None = None
     clip_skip: int | None = None
+    control: str | None = None  # ControlNet tasks: which of the family's controlnets (from the app)
+    return_control_image: bool = False
+    lora_model: str | None = None
+    lora_strength: str | None = None
+    vae: str | None = None
+    tomesd: bool = False
+    safety_checker: bool = False
+    safety_checker_type: str | None = None
     image: Image.Image | None = None
     mask: Image.Image | None = None
 
@@ -76,8 +84,9 @@ def job_from_payload(data: dict[str, Any], images: dict[str, Image.Image]) -> Jo
     job_type = JOB_TYPES[data.get("job_type", "ImageJob")]
     image_names = set(job_type.IMAGES)
     known = {f.name for f in fields(job_type)} - image_names
-    return job_type(**{k: v for k, v in data.items() if k in known},
-                    **{k: v for k, v in images.items() if k in image_names})
+    kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+    kwargs.update((k, v) for k, v in images.items() if k in image_names)  # disjoint from ``known``
+    return job_type(**kwargs)
 
 
 def payload_images(job_type_name: str | None) -> list[str]:

@@ -10,8 +10,8 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from deployments.catalog import deployment_name
-from deployments.errors import InvalidJobError, ModelError, new_incident
+from deployments.catalog import deployment_name, lora_stack_id
+from deployments.errors import JobError, new_incident
 from deployments.types import Job, Result
 from ingress.contract.errors import ModelFailure, Overloaded, Timeout, ValidationFailed
 
@@ -24,12 +24,47 @@ class Dispatcher(Protocol):
 
 
 def _job_error(exc: BaseException) -> Exception | None:
-    """Map an error raised by the family code to a contract error."""
-    if isinstance(exc, InvalidJobError):
-        return ValidationFailed(f"{exc.field}: {exc.message}")
-    if isinstance(exc, ModelError):
+    """Map an error raised by the family code to a contract error, by its envelope type."""
+    if isinstance(exc, JobError) and exc.error_type == "ValidationError":
+        return ValidationFailed(exc.public)
+    if isinstance(exc, JobError) and exc.error_type == "ModelError":
         return ModelFailure(exc.public)  # the detail is in the family's log under the incident
     return None
+
+
+def classify_ray_error(exc: BaseException) -> str:
+    """The one reading of an exception from a family call, for the sync path and the coordinator:
+
+    * ``"overloaded"``: Serve refused the call (queue full, deployment unavailable): it never ran;
+    * ``"job"``: the family raised a ``JobError`` (the job's own 422 or model failure);
+    * ``"dead"``: the worker's process, node or raylet is known to be gone (it cannot be running);
+    * ``"unknown"``: the call broke but the worker may still be running (replica unreachable,
+      connection dropped): only its lease can tell;
+    * ``"error"``: the worker answered with an exception of its own (a bug).
+    """
+    from ray import exceptions as ray_errors
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, (BackPressureError, DeploymentUnavailableError)):
+        return "overloaded"
+    dead = (ray_errors.ActorDiedError, ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
+            ray_errors.OutOfMemoryError, ray_errors.LocalRayletDiedError)
+    if isinstance(exc, dead):
+        return "dead"
+    if isinstance(exc, ray_errors.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, JobError):
+            return "job"
+        if isinstance(cause, dead):
+            return "dead"
+        return "unknown" if isinstance(cause, ray_errors.RayActorError) else "error"
+    return "unknown"  # ActorUnavailableError, a broken gRPC connection, anything else of the transport
+
+
+def family_call(handle: Any, job_lora_model: str | None) -> Any:
+    """The handle to call for a job: routed by its LoRA stack (Serve model multiplexing)."""
+    stack = lora_stack_id(job_lora_model)
+    return handle.options(multiplexed_model_id=stack) if stack else handle
 
 
 class ServeDispatcher:
@@ -76,5 +111,8 @@ class InProcessDispatcher:
             return await asyncio.wait_for(self._families[deployment_name(family, gpu)].run(job), timeout)
         except TimeoutError:
             raise Timeout(f"did not finish within {timeout:g} s") from None
-        except (InvalidJobError, ModelError) as exc:
-            raise _job_error(exc) from None
+        except JobError as exc:
+            mapped = _job_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None

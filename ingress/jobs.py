@@ -45,6 +45,14 @@ async def build_job(
         algorithm_type=req.algorithm_type,
         clip_skip=req.clip_skip,
         return_bytes=req.base64,
+        control=app.control,
+        return_control_image=bool(getattr(req, "return_control_image", False)),
+        lora_model=req.lora_model or None,
+        lora_strength=req.lora_strength or None,
+        vae=req.vae or None,
+        tomesd=bool(req.tomesd),
+        safety_checker=bool(req.safety_checker if req.safety_checker is not None else d.safety_checker),
+        safety_checker_type=req.safety_checker_type,
     )
     if spec.strength is not None:
         strength = getattr(req, "strength", None)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from deployments.errors import InvalidJobError
 from deployments.job_rules import check_clip_skip, check_strength
+from deployments.pipelines.lora import LoraLibrary
 from deployments.schedulers import check_scheduler_options
 from deployments.types import ImageJob
 from ingress.contract.errors import ValidationFailed
@@ -92,12 +94,39 @@ class ModelFacts:
             delay = min(delay * 2, 60.0)
 
 
+class _ListedLoras(LoraLibrary):
+    """The family's LoRA names as its ``info()`` lists them: the family's own parser, no directory."""
+
+    def __init__(self, names: list[str]):
+        self._listed = sorted(str(n) for n in names)
+
+    def names(self) -> list[str]:
+        return self._listed
+
+    def path(self, name: str) -> Path:
+        if name not in self._listed:
+            raise InvalidJobError("lora_model", f"unknown LoRA {str(name)[:40]!r}; allowed: one of "
+                                                f"{', '.join(self._listed[:20]) or '(none)'}")
+        return Path(name)
+
+
+def _check_options(job: ImageJob, facts: dict[str, Any]) -> None:
+    if job.lora_model or job.lora_strength:
+        _ListedLoras(facts.get("loras") or []).parse(job.lora_model, job.lora_strength)
+    if job.vae and job.vae not in (facts.get("vaes") or []):
+        raise InvalidJobError("vae", f"unknown VAE {job.vae[:40]!r}; allowed: one of "
+                                     f"{', '.join(facts.get('vaes') or []) or '(none)'}")
+    if job.safety_checker and facts.get("safety_checker") is False:
+        raise InvalidJobError("safety_checker", "this app has no safety checker; send false")
+
+
 def check_job(job: ImageJob, facts: dict[str, Any] | None) -> None:
     """Refuse what the family would refuse: a 422 naming the field, in the family's words."""
     try:
         check_strength(job.task, job.strength, job.num_inference_steps)
         if facts is None:
             return
+        _check_options(job, facts)
         try:
             if job.scheduler is not None or job.use_karras_sigmas is not None or job.algorithm_type is not None:
                 check_scheduler_options(job.scheduler, facts["default_scheduler"], facts["schedulers"],

@@ -6,8 +6,10 @@ progress, cancellation, publish or fail), storing outputs, metrics, the
 stall-aware health check and ``info()``. A family subclass sets ``kind`` and
 implements three hooks:
 
-* ``produce(job, on_step)`` — blocking model code (run in a thread, one job at a
-  time per replica): returns whatever ``package`` needs;
+* ``prepare(job)`` — optional, async, under the replica's job lock before the model
+  runs (e.g. fetching a multiplexed LoRA stack); its result goes to ``produce``;
+* ``produce(job, on_step, prepared)`` — blocking model code (run in a thread, one job
+  at a time per replica): returns whatever ``package`` needs;
 * ``package(job, produced)`` — blocking, outside the model lock: the output files
   as :class:`Packaged` (bytes, content type, per-output meta) and the result meta;
 * ``facts()`` / ``loaded()`` — what ``info()`` and the health check add.
@@ -167,7 +169,11 @@ class FamilyBase:
         self._metrics = FamilyMetrics(self.kind)
 
     # -- hooks ------------------------------------------------------------
-    def produce(self, job: Job, on_step: OnStep | None) -> Any:
+    async def prepare(self, job: Job) -> Any:
+        """Async work before the model runs, under the job lock (default: none)."""
+        return None
+
+    def produce(self, job: Job, on_step: OnStep | None, prepared: Any = None) -> Any:
         """Run the model on ``job`` (blocking, under the model lock)."""
         raise NotImplementedError
 
@@ -184,7 +190,7 @@ class FamilyBase:
         return {}
 
     # -- running a job ----------------------------------------------------
-    def _produce(self, job: Job, on_step: OnStep | None = None) -> Any:
+    def _produce(self, job: Job, on_step: OnStep | None = None, prepared: Any = None) -> Any:
         """``produce`` under the model lock, with the step clock running; any failure
         other than the job's own errors becomes a logged ``ModelError``."""
 
@@ -196,7 +202,7 @@ class FamilyBase:
         with self._model_lock:
             self.clock.begin()
             try:
-                return self.produce(job, step)
+                return self.produce(job, step, prepared)
             except JobError:
                 raise
             except Exception as exc:
@@ -222,7 +228,8 @@ class FamilyBase:
         start = time.perf_counter()
         async with self._lock:
             gen_start = time.perf_counter()
-            produced = await asyncio.to_thread(self._produce, job)
+            prepared = await self.prepare(job)
+            produced = await asyncio.to_thread(self._produce, job, None, prepared)
             gen_seconds = time.perf_counter() - gen_start
         outputs, meta = await asyncio.to_thread(self._store, job, produced)
         run_seconds = time.perf_counter() - start
@@ -292,7 +299,8 @@ class FamilyBase:
         try:
             async with self._lock:
                 lease.check()
-                produced = await asyncio.to_thread(self._produce, job, lease.on_step)
+                prepared = await self.prepare(job)
+                produced = await asyncio.to_thread(self._produce, job, lease.on_step, prepared)
             lease.check()
         except TaskStopped:
             await asyncio.to_thread(lease.revoked)

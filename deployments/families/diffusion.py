@@ -24,14 +24,22 @@ gives the same starting noise on any device.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import io
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deployments.catalog import MAX_SEED, TASKS
+from PIL import Image
+from ray import serve
+
+from deployments.catalog import MAX_SEED, TASKS, lora_stack_id
 from deployments.errors import InvalidJobError, JobError
 from deployments.families.base import STALL_SECONDS, FamilyBase, OnStep, Packaged, model_error
 from deployments.job_rules import check_clip_skip, check_strength
@@ -39,7 +47,6 @@ from deployments.schedulers import build_scheduler
 from deployments.types import ImageJob
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from deployments.loader import DiffusionPipelines
     from storage.base import ObjectStore
@@ -47,18 +54,64 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("deployments.families.diffusion")
 
-DIFFUSION_TASKS = tuple(name for name, spec in TASKS.items() if spec.kind == "diffusion")
+BUILTIN_TASKS = tuple(name for name, spec in TASKS.items() if spec.kind == "diffusion" and spec.handler is None)
+DEFAULT_SAFETY_TREATMENT = "sensitive_content_text"  # seed 002's default
 MAX_SIDE = 1536  # the contract's largest side; a family may set its own
 MAX_BATCH = 8
+LORA_STACKS_PER_REPLICA = 3  # LoRA stacks a replica keeps loaded (Serve multiplexing evicts the LRU one)
+
+
+@dataclass
+class Generated:
+    """What one job produced: ``(image, seed)`` per batch item, extra images (a control
+    image), and the safety checker's flags (None: not checked)."""
+
+    images: list[tuple[Image.Image, int]]
+    extras: list[Image.Image] = field(default_factory=list)
+    flagged: list[bool] | None = None
+
+
+@dataclass
+class DiffusionOptions:
+    """The seed-002 options a family's replica can honour, from its components."""
+
+    loras: Any = None  # LoraLibrary
+    vaes: Any = None  # VaeLibrary
+    safety: Any = None  # SafetyChecker
+    tomesd_ratio: float = 0.5
+    tomesd_max_downsample: int = 1
+    _vae_cache: dict[str, Any] = field(default_factory=dict)
+
+    def vae(self, name: str, pipelines: DiffusionPipelines) -> Any:
+        """A named VAE, loaded once (a few are kept; the oldest is dropped)."""
+        from deployments.loader import resolve_dtype
+        from deployments.pipelines.vae import load_vae
+
+        if name not in self._vae_cache:
+            if len(self._vae_cache) >= 2:
+                self._vae_cache.pop(next(iter(self._vae_cache)))
+            dtype = resolve_dtype(pipelines.dtype, pipelines.device)
+            self._vae_cache[name] = load_vae(self.vaes.path(name), dtype, pipelines.device)
+        return self._vae_cache[name]
 
 
 class DiffusionModel:
-    """Runs jobs on one set of loaded pipelines. No IO, one job at a time."""
+    """Runs jobs on one set of loaded pipelines (and the task handlers built on them).
+    No IO, one job at a time."""
 
-    def __init__(self, pipelines: DiffusionPipelines, max_side: int = MAX_SIDE, max_batch: int = MAX_BATCH):
+    def __init__(
+        self,
+        pipelines: DiffusionPipelines,
+        max_side: int = MAX_SIDE,
+        max_batch: int = MAX_BATCH,
+        handlers: dict[str, Any] | None = None,
+        options: DiffusionOptions | None = None,
+    ):
         self.pipelines = pipelines
         self.max_side = max_side
         self.max_batch = max_batch
+        self.handlers = handlers or {}
+        self.options = options or DiffusionOptions()
         # Captured once: the pipelines' ``scheduler`` attribute is replaced per request.
         self.base_scheduler_config = dict(pipelines.text2img.scheduler.config)
         encoders = [pipelines.text2img.text_encoder]
@@ -66,6 +119,15 @@ class DiffusionModel:
             encoders.append(pipelines.text2img.text_encoder_2)
         self.text_encoder_layers = min(e.config.num_hidden_layers for e in encoders if e is not None)
         self._lock = threading.Lock()
+
+    def tasks(self) -> list[str]:
+        return [*BUILTIN_TASKS, *self.handlers]
+
+    def all_pipelines(self) -> list[Any]:
+        pipes = [self.pipelines.text2img, self.pipelines.img2img, self.pipelines.inpaint]
+        for handler in self.handlers.values():
+            pipes.extend(handler.all_pipelines())
+        return pipes
 
     # -- validation -------------------------------------------------------
     def _seeds(self, job: ImageJob) -> list[int]:
@@ -77,14 +139,38 @@ class DiffusionModel:
                 raise InvalidJobError("seed", f"seed must be in 0..{MAX_SEED} (image i uses seed + i)")
         return [base + i for i in range(job.batch)]
 
+    def check_options(self, job: ImageJob) -> Any:
+        """Refuse options this replica cannot honour; return the parsed LoRA request (or None)."""
+        from deployments.pipelines.safety import TREATMENTS
+
+        opts = self.options
+        lora = None
+        if job.lora_model or job.lora_strength:
+            if opts.loras is None:
+                raise InvalidJobError("lora_model", "this app has no LoRAs; omit lora_model")
+            lora = opts.loras.parse(job.lora_model, job.lora_strength)
+        if job.vae:
+            if opts.vaes is None:
+                raise InvalidJobError("vae", "this app has no custom VAEs; omit vae")
+            opts.vaes.parse(job.vae)
+        if job.safety_checker and opts.safety is None:
+            raise InvalidJobError("safety_checker", "this app has no safety checker; send false")
+        if job.safety_checker_type is not None and job.safety_checker_type not in TREATMENTS:
+            raise InvalidJobError("safety_checker_type", f"allowed: one of {', '.join(TREATMENTS)}")
+        if job.return_control_image and job.task not in ("controlnet", "illusion"):
+            raise InvalidJobError("return_control_image", "only ControlNet and Illusion apps have a control image")
+        return lora
+
     def _check(self, job: ImageJob) -> None:
-        if job.task not in DIFFUSION_TASKS:
-            raise InvalidJobError("task", f"unknown task {job.task!r}; use one of {', '.join(DIFFUSION_TASKS)}")
+        if job.task not in self.tasks():
+            raise InvalidJobError("task", f"this replica does not run {job.task!r}; it runs {', '.join(self.tasks())}")
         if not 1 <= job.batch <= self.max_batch:
             raise InvalidJobError("batch", f"batch must be in 1..{self.max_batch}")
         if job.num_inference_steps < 1:
             raise InvalidJobError("num_inference_steps", "num_inference_steps must be at least 1")
         check_clip_skip(job.clip_skip, self.text_encoder_layers)
+        if job.task in self.handlers:
+            self.handlers[job.task].check(job)
         if job.task in ("img2img", "inpaint"):
             if job.image is None:
                 raise InvalidJobError("image", f"{job.task} needs an input image")
@@ -109,17 +195,20 @@ class DiffusionModel:
                 raise InvalidJobError(name, f"{name} {value} exceeds this model's limit; allowed: at most {self.max_side}")
 
     # -- generation -------------------------------------------------------
-    def generate(self, job: ImageJob, *, on_step: OnStep | None = None) -> list[tuple[Image.Image, int]]:
-        """Run ``job``; return ``[(image, seed), ...]``, one per batch item.
+    def generate(self, job: ImageJob, *, on_step: OnStep | None = None, lora_stack: Any = None) -> Generated:
+        """Run ``job``; return its images (``(image, seed)`` per batch item) and extras.
 
-        Raises ``InvalidJobError`` for a job this model cannot do and
-        ``ModelError`` when diffusers fails on a valid job. Blocking: call it
-        from a worker thread, never on an event loop.
+        ``lora_stack`` is the loaded stack of the job's LoRAs (``LoadedStack``), when it
+        has any. Raises ``InvalidJobError`` for a job this model cannot do and
+        ``ModelError`` when diffusers fails on a valid job. Blocking: call it from a
+        worker thread, never on an event loop.
         """
         import torch
-        from PIL import Image
 
         self._check(job)
+        lora = self.check_options(job)
+        if lora is not None and lora_stack is None:
+            raise InvalidJobError("lora_model", "the LoRA stack is not loaded on this replica; retry")
         seeds = self._seeds(job)
         scheduler = build_scheduler(
             job.scheduler,
@@ -127,7 +216,6 @@ class DiffusionModel:
             use_karras_sigmas=job.use_karras_sigmas,
             algorithm_type=job.algorithm_type,
         )
-        pipe = self.pipelines.pipeline(job.task)
         kwargs: dict[str, Any] = {
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt,
@@ -138,17 +226,6 @@ class DiffusionModel:
             "clip_skip": job.clip_skip,
             "output_type": "pil",
         }
-        if job.task == "text2img":
-            kwargs["height"] = job.height or self.pipelines.default_height
-            kwargs["width"] = job.width or self.pipelines.default_width
-        else:
-            image = job.image.convert("RGB")
-            kwargs["image"] = image
-            kwargs["strength"] = job.strength
-            if job.task == "inpaint":
-                kwargs["mask_image"] = job.mask.convert("L").resize(image.size, Image.NEAREST)
-                kwargs["height"] = image.height
-                kwargs["width"] = image.width
 
         def _callback(p, step: int, timestep, callback_kwargs: dict) -> dict:
             if on_step is not None:
@@ -158,7 +235,9 @@ class DiffusionModel:
         kwargs["callback_on_step_end"] = _callback
         kwargs["callback_on_step_end_tensor_inputs"] = []
 
-        with self._lock:
+        with self._lock, self._task_call(job) as (pipe, task_kwargs, extras), self._options(job, pipe, lora, lora_stack):
+            kwargs.update(task_kwargs)
+            self._weighted_prompts(job, pipe, kwargs)
             pipe.scheduler = scheduler  # per request; safe under the lock
             try:
                 with torch.inference_mode():
@@ -177,7 +256,63 @@ class DiffusionModel:
                 raise model_error(exc, job) from exc
         if len(images) != len(seeds):
             raise model_error(RuntimeError(f"pipeline returned {len(images)} images for a batch of {len(seeds)}"), job)
-        return list(zip(images, seeds))
+        flagged = None
+        if job.safety_checker:
+            images, flagged = self.options.safety.screen(images, job.safety_checker_type or DEFAULT_SAFETY_TREATMENT)
+        return Generated(list(zip(images, seeds)), extras, flagged)
+
+    @contextmanager
+    def _task_call(self, job: ImageJob) -> Iterator[tuple[Any, dict[str, Any], list[Image.Image]]]:
+        """The pipeline and task kwargs: the built-in tasks here, the others from their handler."""
+        from PIL import Image
+
+        if job.task in self.handlers:
+            with self.handlers[job.task].call(job) as call:
+                yield call
+            return
+        pipe = self.pipelines.pipeline(job.task)
+        if job.task == "text2img":
+            yield pipe, {"height": job.height or self.pipelines.default_height,
+                         "width": job.width or self.pipelines.default_width}, []
+            return
+        image = job.image.convert("RGB")
+        kwargs: dict[str, Any] = {"image": image, "strength": job.strength}
+        if job.task == "inpaint":
+            kwargs.update(mask_image=job.mask.convert("L").resize(image.size, Image.NEAREST),
+                          height=image.height, width=image.width)
+        yield pipe, kwargs, []
+
+    @contextmanager
+    def _options(self, job: ImageJob, pipe: Any, lora: Any, lora_stack: Any) -> Iterator[None]:
+        """LoRA stack, VAE and token merging for one call; the base state again after it."""
+        from deployments.pipelines.lora import deactivate, loaded_adapters
+        from deployments.pipelines.token_merging import merged_tokens
+        from deployments.pipelines.vae import swap_vae
+
+        with ExitStack() as stack:
+            if lora is not None:
+                lora_stack.activate(lora)
+                stack.callback(deactivate, pipe)
+            elif self.options.loras is not None and loaded_adapters(pipe):
+                deactivate(pipe)
+            if job.vae:
+                stack.enter_context(swap_vae(self.all_pipelines(), self.options.vae(job.vae, self.pipelines)))
+            if job.tomesd:
+                stack.enter_context(merged_tokens(pipe, self.options.tomesd_ratio,
+                                                  max_downsample=self.options.tomesd_max_downsample))
+            yield
+
+    @staticmethod
+    def _weighted_prompts(job: ImageJob, pipe: Any, kwargs: dict[str, Any]) -> None:
+        """``(word:1.3)`` / ``[word]`` prompts become weighted embeddings (plain prompts stay text)."""
+        from deployments.pipelines.prompt_weights import encode_weighted, has_weights
+
+        if not (has_weights(job.prompt) or has_weights(job.negative_prompt)):
+            return
+        embeds = encode_weighted(pipe, job.prompt, job.negative_prompt, clip_skip=job.clip_skip)
+        for name in ("prompt", "negative_prompt", "clip_skip"):
+            kwargs.pop(name, None)
+        kwargs.update(embeds)
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -187,7 +322,12 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 class DiffusionFamily(FamilyBase):
-    """Serve deployment for one diffusion model family on one GPU type."""
+    """Serve deployment for one diffusion model family on one GPU type: the base
+    pipelines, the task handlers its apps use (``deployments.catalog.TASKS``) and the
+    options its components allow. LoRA stacks are Serve multiplexed models: a request's
+    stack id (``deployments.catalog.lora_stack_id``) routes it to a replica that holds
+    the stack; each replica keeps ``LORA_STACKS_PER_REPLICA`` and evicts the least
+    recently used."""
 
     kind = "diffusion"
 
@@ -203,41 +343,73 @@ class DiffusionFamily(FamilyBase):
         store: ObjectStore | None = None,
         max_side: int = MAX_SIDE,
         stall_seconds: float = STALL_SECONDS,
+        tasks: list[str] | None = None,
+        controls: dict[str, list[str]] | None = None,
+        components: dict[str, Any] | None = None,
     ):
         from deployments.loader import load_pipeline
 
         super().__init__(family=family, gpu=gpu, storage=storage, store=store, stall_seconds=stall_seconds)
         self.model_source = model_source
+        components = components or {}
         start = time.perf_counter()
         pipelines = load_pipeline(model_source, revision=revision, dtype=dtype)
+        handlers = _handlers(pipelines, tasks or list(BUILTIN_TASKS), controls or {}, components)
+        self.model = DiffusionModel(pipelines, max_side=max_side, handlers=handlers,
+                                    options=_options(pipelines, components))
         load_seconds = time.perf_counter() - start
-        self.model = DiffusionModel(pipelines, max_side=max_side)
         logger.info(
-            "model loaded family=%s gpu=%s source=%s kind=%s device=%s dtype=%s load_seconds=%.2f",
-            family, gpu, model_source, pipelines.kind, pipelines.device, pipelines.dtype, load_seconds,
+            "model loaded family=%s gpu=%s source=%s kind=%s device=%s dtype=%s tasks=%s load_seconds=%.2f",
+            family, gpu, model_source, pipelines.kind, pipelines.device, pipelines.dtype, ",".join(self.model.tasks()),
+            load_seconds,
             extra={"family": family, "gpu": gpu, "model_source": model_source, "kind": pipelines.kind,
                    "device": pipelines.device, "dtype": pipelines.dtype, "load_seconds": round(load_seconds, 3)},
         )
 
-    def produce(self, job: ImageJob, on_step: OnStep | None) -> list[tuple[Image.Image, int]]:
-        return self.model.generate(job, on_step=on_step)
+    async def prepare(self, job: ImageJob) -> Any:
+        """The job's LoRA stack, through Serve's multiplexing (None without LoRAs)."""
+        stack_id = lora_stack_id(job.lora_model)
+        if not stack_id or self.model.options.loras is None:
+            return None
+        await asyncio.to_thread(self.model.check_options, job)  # a bad name never reaches the loader
+        return await self.lora_stack(stack_id)
 
-    def package(self, job: ImageJob, produced: list[tuple[Image.Image, int]]) -> tuple[list[Packaged], dict[str, Any]]:
+    @serve.multiplexed(max_num_models_per_replica=LORA_STACKS_PER_REPLICA)
+    async def lora_stack(self, stack_id: str) -> Any:
+        """Load a LoRA stack (called by Serve's multiplexing cache on a miss)."""
+        from deployments.pipelines.lora import load_stack
+
+        logger.info("loading LoRA stack %s", stack_id, extra={"lora_stack": stack_id})
+        return await asyncio.to_thread(load_stack, self.model.pipelines.text2img, self.model.options.loras,
+                                       stack_id.split(","))
+
+    def produce(self, job: ImageJob, on_step: OnStep | None, prepared: Any = None) -> Generated:
+        return self.model.generate(job, on_step=on_step, lora_stack=prepared)
+
+    def package(self, job: ImageJob, produced: Generated) -> tuple[list[Packaged], dict[str, Any]]:
         files = [Packaged(encode_png(image), "image/png", "png", {"seed": seed, "width": image.width,
                                                                   "height": image.height})
-                 for image, seed in produced]
-        first = produced[0][0]
-        return files, {"seeds": [seed for _, seed in produced], "width": first.width, "height": first.height}
+                 for image, seed in produced.images]
+        files += [Packaged(encode_png(image), "image/png", "png", {"control_image": True}) for image in produced.extras]
+        first = produced.images[0][0]
+        meta: dict[str, Any] = {"seeds": [seed for _, seed in produced.images], "width": first.width,
+                                "height": first.height}
+        if produced.extras:
+            meta["control_image"] = True  # the last output is the control image
+        if produced.flagged is not None:
+            meta["nsfw"] = produced.flagged
+        return files, meta
 
     def loaded(self) -> bool:
         model = getattr(self, "model", None)
         return model is not None and getattr(model.pipelines.text2img, "unet", None) is not None
 
     def facts(self) -> dict[str, Any]:
-        """What ``GET apps``-style callers and the ingress's pre-checks need."""
+        """What ``GET apps`` and the ingress's pre-checks need."""
         from deployments.schedulers import scheduler_capabilities
 
         p = self.model.pipelines
+        opts = self.model.options
         return {
             "pipeline": p.kind,
             "default_height": p.default_height,
@@ -249,4 +421,46 @@ class DiffusionFamily(FamilyBase):
             "max_side": self.model.max_side,
             "schedulers": scheduler_capabilities(),
             "text_encoder_layers": self.model.text_encoder_layers,
+            "tasks": self.model.tasks(),
+            "loras": opts.loras.names() if opts.loras is not None else [],
+            "vaes": opts.vaes.names() if opts.vaes is not None else [],
+            "safety_checker": opts.safety is not None,
         }
+
+
+def _handlers(pipelines: DiffusionPipelines, tasks: list[str], controls: dict[str, list[str]],
+              components: dict[str, Any]) -> dict[str, Any]:
+    """The task handlers (``TaskSpec.handler``) of the tasks this family's apps use, each
+    with the controls (ControlNets) its apps name."""
+    handlers = {}
+    for task in dict.fromkeys(tasks):
+        spec = TASKS[task]
+        if spec.handler is None:
+            continue
+        module, _, name = spec.handler.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        handlers[task] = cls(pipelines, components, controls.get(task, []))
+    return handlers
+
+
+def _options(pipelines: DiffusionPipelines, components: dict[str, Any]) -> DiffusionOptions:
+    from deployments.loader import resolve_dtype
+
+    options = DiffusionOptions()
+    if components.get("loras"):
+        from deployments.pipelines.lora import LoraLibrary
+
+        options.loras = LoraLibrary(components["loras"])
+    if components.get("vaes"):
+        from deployments.pipelines.vae import VaeLibrary
+
+        options.vaes = VaeLibrary(components["vaes"])
+    if components.get("safety_checker"):
+        from deployments.pipelines.safety import SafetyChecker
+
+        options.safety = SafetyChecker.load(components["safety_checker"], device=pipelines.device,
+                                            dtype=resolve_dtype(pipelines.dtype, pipelines.device))
+    merging = components.get("token_merging") or {}
+    options.tomesd_ratio = merging.get("ratio", options.tomesd_ratio)
+    options.tomesd_max_downsample = merging.get("max_downsample", options.tomesd_max_downsample)
+    return options

@@ -88,15 +88,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-#: Options of seed 002 no app honours yet: a true/non-empty value is a 422.
-_UNSUPPORTED = {
-    "lora_model": "LoRA stacks",
-    "lora_strength": "LoRA stacks",
-    "vae": "custom VAEs",
-    "tomesd": "token merging (tomesd)",
-    "safety_checker": "a safety checker",
-    "safety_checker_type": "a safety checker",
-}
+#: Request fields only some tasks accept (``TaskSpec.options``): a true value elsewhere is a 422.
+_TASK_OPTIONS = sorted({o for spec in TASKS.values() for o in spec.options})
 
 
 #: Request fields that carry input images (a task takes the ones its spec lists).
@@ -137,10 +130,11 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
         problems.append("webhook: webhooks are sent for async tasks; send celery: true with it")
     if req.reference_id and not req.celery:
         problems.append("reference_id: only async tasks (celery: true) take a reference_id")
-    for field, what in _UNSUPPORTED.items():
-        value = getattr(req, field)
-        if value not in (None, False, ""):
-            problems.append(f"{field}: app {app.app_id} does not support {what}; omit it or send false/null")
+    for field in _TASK_OPTIONS:
+        if field not in spec.options and getattr(req, field, None) not in (None, False, ""):
+            problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not support it; omit it or send false")
+    if req.safety_checker_type is not None and req.safety_checker is False:
+        problems.append("safety_checker_type: it applies only with safety_checker: true")
     taken = {i.field for i in spec.inputs}
     for item in spec.inputs:
         if item.required and not getattr(req, item.field, None):

@@ -220,7 +220,7 @@ def size_for_app(
     ranges = {"width": _range64(lim.width.min, lim.width.max), "height": _range64(lim.height.min, lim.height.max)}
     iw, ih = image.size
     if width and height:
-        return image.resize((width, height), Image.LANCZOS)
+        return image.resize((width, height), Image.Resampling.LANCZOS)
     if width or height:
         given, value = ("width", width) if width else ("height", height)
         other = "height" if width else "width"
@@ -232,7 +232,7 @@ def size_for_app(
                 f"{derived}, outside app {app_id}'s range; allowed: {lo}..{hi}; send both width and height"
             )
         size = (width, derived) if width else (derived, height)
-        return image.resize(size, Image.LANCZOS)
+        return image.resize(size, Image.Resampling.LANCZOS)
     (wlo, whi), (hlo, hhi) = ranges["width"], ranges["height"]
     scale = min(1.0, whi / iw, hhi / ih)
     scale = max(scale, wlo / iw, hlo / ih)
@@ -243,7 +243,7 @@ def size_for_app(
         )
     w = min(whi, max(wlo, math.floor(iw * scale / 64) * 64))
     h = min(hhi, max(hlo, math.floor(ih * scale / 64) * 64))
-    return image if (w, h) == image.size else image.resize((w, h), Image.LANCZOS)
+    return image if (w, h) == image.size else image.resize((w, h), Image.Resampling.LANCZOS)
 
 
 def _range64(lo: float, hi: float) -> tuple[int, int]:

@@ -35,6 +35,7 @@ from typing import Any
 from deployments.errors import new_incident
 from deployments.replica_net import bind_replica_grpc_to_node_ip
 from deployments.types import TaskRef
+from ingress.dispatch import classify_ray_error, family_call
 from ingress.inputs import FetchLimits
 from ingress.jobs import webhook_fingerprint
 from ingress.tasks.service import task_envelope
@@ -58,28 +59,6 @@ ORPHAN_MARKER_SECONDS = 60.0
 DISPATCH_WINDOW = 32  # attempts in flight per deployment; Serve's own queue bounds beyond that
 RETENTION_SWEEP_SECONDS = 600.0
 LOCK_PRUNE_AGE_SECONDS = 3600.0
-
-
-def classify_failure(exc: BaseException) -> str:
-    """What a failed ``run_task`` call says about its worker:
-
-    * ``"dead"``: its process, node or raylet is known to be gone (it cannot be running);
-    * ``"unknown"``: the call broke but the worker may still be running (the replica was
-      unreachable, the connection dropped): only its lease can tell;
-    * ``"error"``: the worker answered with an exception of its own: not retried.
-    """
-    from ray import exceptions as ray_errors
-
-    dead = (ray_errors.ActorDiedError, ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
-            ray_errors.OutOfMemoryError, ray_errors.LocalRayletDiedError)
-    if isinstance(exc, dead):
-        return "dead"
-    if isinstance(exc, ray_errors.RayTaskError):
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, dead):
-            return "dead"
-        return "unknown" if isinstance(cause, ray_errors.RayActorError) else "error"
-    return "unknown"  # ActorUnavailableError, a broken gRPC connection, anything else of the transport
 
 
 class TaskCoordinator:
@@ -268,27 +247,25 @@ class TaskCoordinator:
 
     async def _run_attempt(self, record: TaskRecord, attempt: int) -> bool:
         """Send one attempt to its family; True means "take another attempt now"."""
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
         tenant, task_id = record.tenant, record.task_id
         ref = TaskRef(tenant=tenant, task_id=task_id, attempt=attempt,
                       lease_seconds=self.settings.task_lease_seconds, renew_seconds=self.settings.task_renew_seconds)
-        handle = self.handles[record.deployment]
+        handle = family_call(self.handles[record.deployment], record.input.get("lora_model"))
         try:
             outcome = await handle.run_task.remote(ref)
             log.info("task %s attempt %d: %s", task_id, attempt, outcome)
             return False
-        except (BackPressureError, DeploymentUnavailableError):
-            # Full: leave the task PENDING in the store and stop offering this
-            # deployment work until the next scan (bounded work per scan).
-            self._full_until[record.deployment] = time.time() + self.settings.coordinator_poll_seconds * 0.9
-            await asyncio.to_thread(self._give_back, tenant, task_id, attempt)
-            return False
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            kind = classify_failure(exc)
-            if kind == "error":
+            kind = classify_ray_error(exc)
+            if kind == "overloaded":
+                # Full: leave the task PENDING in the store and stop offering this
+                # deployment work until the next scan (bounded work per scan).
+                self._full_until[record.deployment] = time.time() + self.settings.coordinator_poll_seconds * 0.9
+                await asyncio.to_thread(self._give_back, tenant, task_id, attempt)
+                return False
+            if kind in ("error", "job"):  # run_task records a job's own failure itself; this is a bug
                 incident = new_incident()
                 log.error("task %s attempt %d failed on its worker (incident %s): %r", task_id, attempt, incident,
                           getattr(exc, "cause", exc))

@@ -55,8 +55,18 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
             gpu=gpu,
             max_side=family.max_side,
             stall_seconds=family.stall_seconds,
+            **_kind_args(config, family_name, models_dir),
         )
     return bound
+
+
+def _kind_args(config: ServiceConfig, family_name: str, models_dir) -> dict[str, Any]:
+    """Constructor arguments of a diffusion family: the tasks and controls its apps use, its components."""
+    family = config.families[family_name]
+    if family.kind != "diffusion":
+        return {}
+    tasks, controls = config.family_tasks(family_name)
+    return {"tasks": tasks, "controls": controls, "components": family.components.resolve(models_dir)}
 
 
 def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Application:

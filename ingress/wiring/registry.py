@@ -56,6 +56,7 @@ class AppDefaults(_Strict):
     guidance_scale: float = Field(7.5, ge=1, le=30)
     strength: float = Field(0.7, ge=0, le=1)
     prompt: str = "a beautiful painting"
+    safety_checker: bool = Field(False, description="Whether requests that leave `safety_checker` out are checked.")
 
 
 class ModelSource(_Strict):
@@ -118,6 +119,48 @@ class GpuPool(_Strict):
         return {"resources": dict(self.resources), "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
 
 
+Preprocessor = Literal["canny", "depth", "openpose", "none"]
+
+
+class ControlNetConfig(_Strict):
+    """A ControlNet of a family, and how its control image is made from ``image``."""
+
+    model: ModelSource
+    preprocessor: Preprocessor = Field(description="canny edges, a depth map, a pose skeleton, or the image as is")
+
+
+class TokenMerging(_Strict):
+    """tomesd settings when a request sends ``tomesd: true``."""
+
+    ratio: float = Field(0.5, gt=0, le=0.75)
+    max_downsample: Literal[1, 2, 4, 8] = Field(1, description="1 (tomesd's advice) merges only at full resolution.")
+
+
+class FamilyComponents(_Strict):
+    """Extra weights a diffusion family loads beside its base; each enables tasks or options."""
+
+    controlnets: dict[str, ControlNetConfig] = Field(default_factory=dict)
+    depth_estimator: ModelSource | None = None
+    pose_estimator: ModelSource | None = None
+    ip_adapter: ModelSource | None = Field(None, description="An IP-Adapter directory (h94 layout) for variations.")
+    loras: ModelSource | None = Field(None, description="A directory of <name>.safetensors LoRAs.")
+    vaes: ModelSource | None = Field(None, description="A directory of named VAEs (<name>/config.json).")
+    safety_checker: ModelSource | None = None
+    token_merging: TokenMerging = Field(default_factory=lambda: TokenMerging())
+
+    def resolve(self, models_dir: Path) -> dict[str, Any]:
+        """Plain paths for the family deployment's constructor."""
+        out: dict[str, Any] = {
+            "controlnets": {name: {"path": c.model.resolve(models_dir), "preprocessor": c.preprocessor}
+                            for name, c in self.controlnets.items()},
+            "token_merging": self.token_merging.model_dump(),
+        }
+        for name in ("depth_estimator", "pose_estimator", "ip_adapter", "loras", "vaes", "safety_checker"):
+            source = getattr(self, name)
+            out[name] = source.resolve(models_dir) if source is not None else None
+        return out
+
+
 class FamilyConfig(_Strict):
     """One set of weights served by one kind of family deployment."""
 
@@ -129,6 +172,7 @@ class FamilyConfig(_Strict):
     stall_seconds: float = Field(
         300, gt=0, description="A generation that finishes no step for this long fails the replica's health check."
     )
+    components: FamilyComponents = FamilyComponents()
     deployment: DeploymentOptions = DeploymentOptions()
     #: Per-GPU-type overrides of ``deployment`` (e.g. more replicas on a100).
     per_gpu: dict[GpuType, DeploymentOptions] = Field(default_factory=dict)
@@ -151,6 +195,7 @@ class AppConfig(_Strict):
     name: str
     family: str
     task: str = Field(description="What the app does (deployments.catalog.TASKS).")
+    control: str | None = Field(None, description="ControlNet tasks: which of the family's controlnets.")
     inference_types: list[GpuType] = Field(min_length=1)
     limits: AppLimits = AppLimits()
     defaults: AppDefaults = AppDefaults()
@@ -186,6 +231,9 @@ class AppConfig(_Strict):
             "name": self.name,
             "family": self.family,
             "task": self.task,
+            "summary": TASKS[self.task].summary,
+            "strength": TASKS[self.task].strength,
+            "inputs": [i.field for i in TASKS[self.task].inputs],
             "routes": [r for r, tasks in route_tasks().items() if self.task in tasks],
             "inference_types": list(self.inference_types),
             "default_inference_type": self.default_gpu,
@@ -230,6 +278,7 @@ class ServiceConfig(_Strict):
             side = self.families[app.family].max_side
             if max(app.limits.height.max, app.limits.width.max) > side:
                 raise ValueError(f"app {app.app_id}: its size limits exceed family {app.family}'s max_side {side}")
+            _check_components(app, self.families[app.family].components)
             for gpu in app.inference_types:
                 if gpu not in self.gpu_pools:
                     raise ValueError(f"app {app.app_id}: GPU type {gpu!r} has no gpu_pools entry")
@@ -241,6 +290,19 @@ class ServiceConfig(_Strict):
             raw = ".models"
         return Path(raw).expanduser().resolve()
 
+    def family_tasks(self, family: str) -> tuple[list[str], dict[str, list[str]]]:
+        """The tasks a family's apps use, and per task the controls (ControlNets) they name."""
+        tasks: list[str] = []
+        controls: dict[str, list[str]] = {}
+        for app in self.apps:
+            if app.family != family:
+                continue
+            if app.task not in tasks:
+                tasks.append(app.task)
+            if app.control is not None and app.control not in controls.setdefault(app.task, []):
+                controls[app.task].append(app.control)
+        return tasks, controls
+
     def deployment_keys(self) -> list[tuple[str, str]]:
         """Every (family, GPU type) some app uses, in registry order."""
         keys: list[tuple[str, str]] = []
@@ -249,6 +311,23 @@ class ServiceConfig(_Strict):
                 if (app.family, gpu) not in keys:
                     keys.append((app.family, gpu))
         return keys
+
+
+def _check_components(app: AppConfig, components: FamilyComponents) -> None:
+    """An app's task and ``control`` must name weights its family has."""
+    spec = TASKS[app.task]
+    if spec.component == "controlnet":
+        if app.control is None or app.control not in components.controlnets:
+            raise ValueError(f"app {app.app_id}: task {app.task} needs `control` naming one of its family's "
+                             f"controlnets ({', '.join(components.controlnets) or 'none configured'})")
+        pre = components.controlnets[app.control].preprocessor
+        need = {"depth": "depth_estimator", "openpose": "pose_estimator"}.get(pre)
+        if need and getattr(components, need) is None:
+            raise ValueError(f"app {app.app_id}: preprocessor {pre} needs the family's {need}")
+    elif app.control is not None:
+        raise ValueError(f"app {app.app_id}: `control` is only for ControlNet tasks")
+    if spec.component == "ip_adapter" and components.ip_adapter is None:
+        raise ValueError(f"app {app.app_id}: task {app.task} needs the family's ip_adapter")
 
 
 class Registry:

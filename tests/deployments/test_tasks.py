@@ -208,9 +208,9 @@ def test_a_superseded_attempt_cannot_change_a_finished_tasks_outputs(family, mon
     release = threading.Event()
     real_generate = family.model.generate
 
-    def slow_generate(j, on_step=None):
+    def slow_generate(j, on_step=None, lora_stack=None):
         assert release.wait(30)
-        return real_generate(j, on_step=on_step)
+        return real_generate(j, on_step=on_step, lora_stack=lora_stack)
 
     monkeypatch.setattr(family.model, "generate", slow_generate)
 

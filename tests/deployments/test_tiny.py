@@ -5,14 +5,18 @@ import time
 
 import pytest
 
+from deployments.catalog import KINDS
 from deployments.loader import load_pipeline
-from deployments.tiny import MODEL_NAMES, make_tiny_models, make_tokenizer
+from deployments.tiny import MAKERS, MODEL_NAMES, make_tiny_models, make_tokenizer
 
 
-def test_both_models_written(tiny_models):
-    assert set(tiny_models) == set(MODEL_NAMES) == {"tiny-sd15", "tiny-sdxl"}
+def test_every_model_of_the_task_table_is_written(tiny_models):
+    wanted = {name for kind in KINDS.values() for name in kind.tiny_models}
+    assert set(tiny_models) == wanted == set(MAKERS) and set(MODEL_NAMES) <= wanted
     for path in tiny_models.values():
-        assert (path / "model_index.json").is_file()
+        assert (path / ".complete").is_file() and any(p.name != ".complete" for p in path.iterdir())
+    for name in MODEL_NAMES:
+        assert (tiny_models[name] / "model_index.json").is_file()
     sd_index = json.loads((tiny_models["tiny-sd15"] / "model_index.json").read_text())
     xl_index = json.loads((tiny_models["tiny-sdxl"] / "model_index.json").read_text())
     assert sd_index["_class_name"] == "StableDiffusionPipeline"

@@ -75,12 +75,20 @@ class GenerationRequest(BaseModel):
         None, max_length=32, description="DPMSolver algorithm: dpmsolver++, sde-dpmsolver++, dpmsolver, sde-dpmsolver."
     )
     clip_skip: int | None = Field(None, ge=1, le=8, description="CLIP layers to skip, 1..8.")
-    lora_model: str | None = Field(None, max_length=1000, description="Comma-separated LoRA names.")
-    lora_strength: str | None = Field(None, max_length=200, description="Comma-separated strengths, 0.1..1 each.")
-    vae: str | None = Field(None, max_length=200, description="A custom VAE name.")
-    tomesd: Flag | None = Field(None, description="Token merging.")
-    safety_checker: Flag | None = Field(None, description="Run an NSFW checker on the outputs.")
-    safety_checker_type: SafetyCheckerType | None = Field(None, description="What the checker does to flagged images.")
+    lora_model: str | None = Field(
+        None, max_length=1000, description="Comma-separated LoRA names (at most 5) from the app's list in `GET apps`."
+    )
+    lora_strength: str | None = Field(
+        None, max_length=200, description="Comma-separated strengths 0.1..1: one per LoRA, or one for all; default 1."
+    )
+    vae: str | None = Field(None, max_length=200, description="A VAE by name, from the app's list in `GET apps`.")
+    tomesd: Flag | None = Field(None, description="Token merging (tomesd): faster, slightly different images; default false.")
+    safety_checker: Flag | None = Field(
+        None, description="Run the NSFW checker on the outputs; flagged images are treated and `meta.nsfw` says which."
+    )
+    safety_checker_type: SafetyCheckerType | None = Field(
+        None, description="What the checker does to flagged images; default sensitive_content_text."
+    )
     base64: Flag = Field(False, description="true: return images inline as data: URIs instead of URLs.")
     webhook: str | None = Field(
         None, max_length=2048, description="Async tasks: http(s) URL POSTed the final envelope, signed (Standard Webhooks)."
@@ -104,6 +112,9 @@ class ImageToImageRequest(GenerationRequest):
     )
     strength: float | None = Field(
         None, ge=0, le=1, description="Image-to-image strength 0..1 (1 ignores the input image), default 0.7."
+    )
+    return_control_image: Flag = Field(
+        False, description="ControlNet and Illusion apps: add the control image to `output` (last; `meta.control_image`)."
     )
     mask_url: str | None = Field(
         None,

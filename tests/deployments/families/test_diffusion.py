@@ -51,7 +51,7 @@ def model(request):
 
 
 def test_batch_gives_images_of_requested_size_and_seeds(model):
-    out = model.generate(job(batch=2, seed=42, height=64, width=128))
+    out = model.generate(job(batch=2, seed=42, height=64, width=128)).images
     assert len(out) == 2
     assert [seed for _, seed in out] == [42, 43]
     for image, _ in out:
@@ -60,45 +60,45 @@ def test_batch_gives_images_of_requested_size_and_seeds(model):
 
 
 def test_same_seed_same_pixels_different_seed_different(model):
-    a = model.generate(job(seed=7))[0][0]
-    b = model.generate(job(seed=7))[0][0]
-    c = model.generate(job(seed=8))[0][0]
+    a = model.generate(job(seed=7)).images[0][0]
+    b = model.generate(job(seed=7)).images[0][0]
+    c = model.generate(job(seed=8)).images[0][0]
     assert np.array_equal(pixels(a), pixels(b))
     assert not np.array_equal(pixels(a), pixels(c))
 
 
 def test_batch_item_equals_single_run_with_its_seed(sd_model):
-    batch = sd_model.generate(job(batch=2, seed=100))
-    single = sd_model.generate(job(batch=1, seed=101))
-    other = sd_model.generate(job(batch=1, seed=100))
+    batch = sd_model.generate(job(batch=2, seed=100)).images
+    single = sd_model.generate(job(batch=1, seed=101)).images
+    other = sd_model.generate(job(batch=1, seed=100)).images
     # same starting noise; batched kernels may differ by float rounding only
     assert_close(batch[1][0], single[0][0])
     assert np.abs(pixels(batch[1][0]) - pixels(other[0][0])).max() > 2
 
 
 def test_random_seed_when_none(model):
-    first = model.generate(job(batch=2, seed=None))
-    second = model.generate(job(batch=2, seed=None))
+    first = model.generate(job(batch=2, seed=None)).images
+    second = model.generate(job(batch=2, seed=None)).images
     s1 = [s for _, s in first]
     s2 = [s for _, s in second]
     assert s1[1] == s1[0] + 1
     assert all(0 <= s <= MAX_SEED for s in s1 + s2)
     assert s1 != s2
     # a returned seed reproduces its image
-    again = model.generate(job(batch=2, seed=s1[0]))[0][0]
+    again = model.generate(job(batch=2, seed=s1[0])).images[0][0]
     assert np.array_equal(pixels(again), pixels(first[0][0]))
-    assert_close(model.generate(job(seed=s1[1]))[0][0], first[1][0])
+    assert_close(model.generate(job(seed=s1[1])).images[0][0], first[1][0])
 
 
 def test_default_size_is_the_models(sd_model):
-    image, _ = sd_model.generate(job(height=None, width=None))[0]
+    image, _ = sd_model.generate(job(height=None, width=None)).images[0]
     p = sd_model.pipelines
     assert image.size == (p.default_width, p.default_height)
 
 
 def test_negative_prompt_and_guidance_change_output(sd_model):
-    base = pixels(sd_model.generate(job(seed=1))[0][0])
-    neg = pixels(sd_model.generate(job(seed=1, negative_prompt="blurry"))[0][0])
+    base = pixels(sd_model.generate(job(seed=1)).images[0][0])
+    neg = pixels(sd_model.generate(job(seed=1, negative_prompt="blurry")).images[0][0])
     assert not np.array_equal(base, neg)
 
 
@@ -122,8 +122,8 @@ def test_on_step_reports_progress(sd_model):
 
 
 def test_clip_skip_in_range_changes_output(model):
-    base = pixels(model.generate(job(seed=3))[0][0])
-    skipped = pixels(model.generate(job(seed=3, clip_skip=1))[0][0])
+    base = pixels(model.generate(job(seed=3)).images[0][0])
+    skipped = pixels(model.generate(job(seed=3, clip_skip=1)).images[0][0])
     assert not np.array_equal(base, skipped)
 
 
@@ -139,9 +139,9 @@ def test_clip_skip_too_large(model):
 
 def test_img2img_keeps_input_size(model):
     source = input_image((96, 64))
-    out = model.generate(job("img2img", image=source, strength=0.5, batch=2, seed=5, height=None, width=None))
+    out = model.generate(job("img2img", image=source, strength=0.5, batch=2, seed=5, height=None, width=None)).images
     assert [img.size for img, _ in out] == [(96, 64), (96, 64)]
-    again = model.generate(job("img2img", image=source, strength=0.5, batch=1, seed=5, height=None, width=None))
+    again = model.generate(job("img2img", image=source, strength=0.5, batch=1, seed=5, height=None, width=None)).images
     assert_close(again[0][0], out[0][0])
 
 
@@ -162,7 +162,7 @@ def test_inpaint_with_mask(model):
     source = input_image((64, 96))
     mask = Image.new("1", (16, 24), 0)  # another size and mode: resized and converted
     mask.paste(1, (4, 4, 12, 20))
-    out = model.generate(job("inpaint", image=source, mask=mask, strength=1.0, seed=9, height=None, width=None))
+    out = model.generate(job("inpaint", image=source, mask=mask, strength=1.0, seed=9, height=None, width=None)).images
     assert out[0][0].size == (64, 96)
 
 
@@ -184,7 +184,7 @@ def test_inpaint_strength_rule(sdxl_model):
 
 @pytest.mark.parametrize("name", usable_scheduler_names())
 def test_every_usable_scheduler_runs(sd_model, name):
-    out = sd_model.generate(job(scheduler=name, seed=0))
+    out = sd_model.generate(job(scheduler=name, seed=0)).images
     assert out[0][0].size == (64, 64)
 
 
@@ -193,7 +193,7 @@ def test_every_usable_scheduler_runs(sd_model, name):
 def test_schedulers_on_sdxl_image_tasks(sdxl_model, name, task):
     out = sdxl_model.generate(
         job(task, scheduler=name, image=input_image((64, 64)), mask=Image.new("L", (64, 64), 255), strength=1.0)
-    )
+    ).images
     assert out[0][0].size == (64, 64)
 
 

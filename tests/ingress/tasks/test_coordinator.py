@@ -12,10 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from ray import exceptions as ray_errors
+from ray.serve.exceptions import BackPressureError
 
+from deployments.errors import InvalidJobError
 from deployments.tasks import TaskLease
 from deployments.types import TaskRef
-from ingress.tasks.coordinator import TaskCoordinator, classify_failure
+from ingress.dispatch import classify_ray_error as classify_failure
+from ingress.tasks.coordinator import TaskCoordinator
 from ingress.tasks.webhooks import new_secret
 from storage.tasks import TaskRecord, new_task_id, outbox_key, record_key
 from tests.support.peers import silent_server
@@ -143,6 +146,8 @@ def test_what_a_failed_call_says_about_its_worker():
     assert classify_failure(ray_errors.ActorUnavailableError("unreachable", None)) == "unknown"
     assert classify_failure(ConnectionResetError()) == "unknown"
     assert classify_failure(ray_errors.RayTaskError("run_task", "tb", ValueError("a bug in the worker"))) == "error"
+    assert classify_failure(ray_errors.RayTaskError("run", "tb", InvalidJobError("seed", "too big"))) == "job"
+    assert classify_failure(BackPressureError(num_queued_requests=3, max_queued_requests=2)) == "overloaded"
 
 
 def run_drive(c, tid):

@@ -86,12 +86,23 @@ def test_app_tightens_limits(registry):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("lora_model", "contrast-fix"), ("vae", "ema"), ("tomesd", "yes"), ("safety_checker", True),
-     ("webhook", "https://example.com/hook"), ("reference_id", "r-1")],
+    [("webhook", "https://example.com/hook"), ("reference_id", "r-1")],
 )
 def test_options_the_app_cannot_honour_are_422(registry, field, value):
     with pytest.raises(ValidationFailed, match=f"{field}:"):
         check_for_app("getTextToImage", t2i(**{field: value}), registry)
+
+
+def test_task_options_only_where_the_task_has_them(registry):
+    from ingress.contract.schemas.generation import ImageToImageRequest
+
+    body = {"app_id": "ap-sd15-img2img", "image": "aGVsbG8=", "return_control_image": True}
+    with pytest.raises(ValidationFailed, match="return_control_image: app ap-sd15-img2img .*does not support it"):
+        check_for_app("getImageToImage", parse(ImageToImageRequest, body), registry)
+    body["app_id"] = "ap-1us0FK21Ach6eiWxo22is8"
+    check_for_app("getImageToImage", parse(ImageToImageRequest, body), registry)
+    with pytest.raises(ValidationFailed, match="safety_checker_type: it applies only with safety_checker: true"):
+        check_for_app("getTextToImage", t2i(safety_checker=False, safety_checker_type="blur"), registry)
 
 
 def test_options_turned_off_are_fine(registry):

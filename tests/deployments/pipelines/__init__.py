@@ -1,0 +1,1 @@
+"""Model code: pipelines and their parts; no IO beyond loading weights."""
