@@ -48,7 +48,7 @@ from bench.overhead import log, raw_load  # noqa: E402
 from storage.factory import open_store  # noqa: E402
 from storage.settings import StorageSettings  # noqa: E402
 from storage.tasks import parse_queue_key  # noqa: E402
-from tests.e2e.conftest import e2e_config  # noqa: E402
+from tests.support.configs import e2e_config  # noqa: E402
 from tests.support.seaweed import SeaweedS3  # noqa: E402
 from tests.support.service import LocalService, replica_pids  # noqa: E402
 

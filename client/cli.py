@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from client.api import TERMINAL, ApiError, StudioClient, TransportError
 
@@ -149,7 +149,7 @@ class Progress:
 
     WIDTH = 30
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.last: str | None = None
@@ -235,9 +235,10 @@ def cmd_generate(client: StudioClient, args: argparse.Namespace) -> int:
             err("error: the submit answer carries no task_id")
             return EXIT_FAILURE
         err(f"task {task_id} submitted ({route} {args.app_id})")
-        env = poll(client, task_id, env)
-        if env is None:
+        polled = poll(client, task_id, env)
+        if polled is None:
             return EXIT_INTERRUPTED
+        env = polled
     if env.get("status") != "SUCCESS":
         return report(env)
     return save_outputs(client, env, args.out)

@@ -38,13 +38,14 @@ import inspect
 import logging
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Literal, get_args
 
 from deployments.errors import InvalidJobError
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_NAMES: tuple[str, ...] = (
+#: The contract's scheduler names, as a type (request schemas use it as the field's type).
+SchedulerName = Literal[
     "DDPMScheduler",
     "DDIMScheduler",
     "PNDMScheduler",
@@ -63,7 +64,8 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "KarrasVeScheduler",
     "ScoreSdeVeScheduler",
     "LCMScheduler",
-)
+]
+SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
 
 # Names that exist but do not fit a latent text-to-image pipeline (see module doc).
 _INCOMPATIBLE: dict[str, str] = {
@@ -127,7 +129,7 @@ def scheduler_capabilities() -> dict[str, dict[str, Any]]:
 
 def check_scheduler_options(
     name: str | None,
-    default_name: str,
+    default_name: str | None,
     caps: Mapping[str, Mapping[str, Any]],
     *,
     use_karras_sigmas: bool | None = None,
@@ -141,6 +143,8 @@ def check_scheduler_options(
     """
     usable = [n for n in SCHEDULER_NAMES if caps.get(n, {}).get("usable")]
     if name is None:
+        if default_name is None:
+            raise ValueError("no scheduler name and no default_name")
         name = default_name
         cap = caps.get(name) or {"usable": True, "karras": False, "algorithms": list(ALGORITHM_TYPES.get(name, ()))}
     else:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 MODEL_NAMES = ("tiny-sd15", "tiny-sdxl")  # the bases; every tiny model is in MAKERS
 
@@ -270,7 +271,7 @@ def _controlnet_sd15(target: Path) -> None:
     write_tiny_controlnet_sd15(target)
 
 
-def _ip_adapter(base: str):
+def _ip_adapter(base: Literal["sd15", "sdxl"]):
     def write(target: Path) -> None:
         from deployments.pipelines.tiny_conditioned import write_tiny_ip_adapter
 
@@ -279,7 +280,7 @@ def _ip_adapter(base: str):
     return write
 
 
-def _loras(base: str):
+def _loras(base: Literal["sd15", "sdxl"]):
     def write(target: Path) -> None:
         from deployments.pipelines.tiny_options import write_tiny_loras
 

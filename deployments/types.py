@@ -60,6 +60,15 @@ class ImageJob(Job):
 
     IMAGES: ClassVar[tuple[str, ...]] = ("image", "mask")
 
+    def input_image(self, name: str = "image") -> Image.Image:
+        """An input image the task needs (``image`` or ``mask``); a 422 naming it when absent."""
+        from deployments.errors import InvalidJobError
+
+        value = getattr(self, name)
+        if value is None:
+            raise InvalidJobError(name, f"{self.task} needs an input {name}")
+        return value
+
 
 JOB_TYPES: dict[str, type[Job]] = {"ImageJob": ImageJob}
 
@@ -111,6 +120,9 @@ class Result:
     outputs: list[Output] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     run_seconds: float = 0.0
+    #: Which replica ran it and how (e.g. whether a LoRA stack was loaded or already warm): for
+    #: response headers and logs, not the envelope.
+    served_by: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

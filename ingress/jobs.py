@@ -66,9 +66,13 @@ async def build_job(
     setattr(job, spec.inputs[0].job_attr, first)
     job.width, job.height = first.size
     for item, image in zip(spec.inputs[1:], images[1:]):
-        sized = await asyncio.to_thread(lambda im=image, mode=item.mode: im.convert(mode).resize(first.size, Image.NEAREST))
-        setattr(job, item.job_attr, sized)
+        setattr(job, item.job_attr, await asyncio.to_thread(_follow, image, item.mode, first.size))
     return job
+
+
+def _follow(image: Image.Image, mode: str, size: tuple[int, int]) -> Image.Image:
+    """A secondary input (a mask) in its mode, at the reference image's size."""
+    return image.convert(mode).resize(size, Image.Resampling.NEAREST)
 
 
 def redact(req: GenerationRequest) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, new_incident
 from deployments.types import Job, Output, Result, TaskRef, job_from_payload, payload_images
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("deployments.families")
 
 OnStep = Callable[[int, int], None]
+J = TypeVar("J", bound=Job)
 STALL_SECONDS = 300.0  # a job without a finished step for this long fails the health check
 
 
@@ -129,7 +130,7 @@ class FamilyMetrics:
             logger.debug("metric update failed", exc_info=True)
 
 
-class FamilyBase:
+class FamilyBase(Generic[J]):
     """Serve deployment base for one model family on one GPU type.
 
     Plain class on purpose: ``ingress.wiring.builder`` applies ``serve.deployment``
@@ -169,15 +170,15 @@ class FamilyBase:
         self._metrics = FamilyMetrics(self.kind)
 
     # -- hooks ------------------------------------------------------------
-    async def prepare(self, job: Job) -> Any:
+    async def prepare(self, job: J) -> Any:
         """Async work before the model runs, under the job lock (default: none)."""
         return None
 
-    def produce(self, job: Job, on_step: OnStep | None, prepared: Any = None) -> Any:
+    def produce(self, job: J, on_step: OnStep | None, prepared: Any = None) -> Any:
         """Run the model on ``job`` (blocking, under the model lock)."""
         raise NotImplementedError
 
-    def package(self, job: Job, produced: Any) -> tuple[list[Packaged], dict[str, Any]]:
+    def package(self, job: J, produced: Any) -> tuple[list[Packaged], dict[str, Any]]:
         """Encode what ``produce`` returned: output files and the result's meta."""
         raise NotImplementedError
 
@@ -185,12 +186,16 @@ class FamilyBase:
         """Whether the model is in place (the health check)."""
         return True
 
+    def describe(self, prepared: Any) -> dict[str, str]:
+        """How this replica ran a job, beyond its id (e.g. a warm or freshly loaded LoRA stack)."""
+        return {}
+
     def facts(self) -> dict[str, Any]:
         """Kind-specific facts for ``info()`` (plain JSON)."""
         return {}
 
     # -- running a job ----------------------------------------------------
-    def _produce(self, job: Job, on_step: OnStep | None = None, prepared: Any = None) -> Any:
+    def _produce(self, job: J, on_step: OnStep | None = None, prepared: Any = None) -> Any:
         """``produce`` under the model lock, with the step clock running; any failure
         other than the job's own errors becomes a logged ``ModelError``."""
 
@@ -210,7 +215,7 @@ class FamilyBase:
             finally:
                 self.clock.end()
 
-    def _store(self, job: Job, produced: Any) -> tuple[list[Output], dict[str, Any]]:
+    def _store(self, job: J, produced: Any) -> tuple[list[Output], dict[str, Any]]:
         from storage.keys import output_key
 
         files, meta = self.package(job, produced)
@@ -223,7 +228,7 @@ class FamilyBase:
                                   data=item.data if job.return_bytes else None))
         return outputs, meta
 
-    async def run(self, job: Job) -> Result:
+    async def run(self, job: J) -> Result:
         """Run ``job`` now, store its outputs under the tenant, return where they are."""
         start = time.perf_counter()
         async with self._lock:
@@ -240,7 +245,8 @@ class FamilyBase:
             extra={"request_id": job.request_id, "tenant": job.tenant, "task": job.task, "outputs": len(outputs),
                    "generation_seconds": round(gen_seconds, 4), "run_seconds": round(run_seconds, 4)},
         )
-        return Result(outputs=outputs, meta=meta, run_seconds=run_seconds)
+        return Result(outputs=outputs, meta=meta, run_seconds=run_seconds,
+                      served_by={"replica": self.owner, **self.describe(prepared)})
 
     # -- async tasks ------------------------------------------------------
     async def run_task(self, ref: TaskRef) -> str:
@@ -318,7 +324,7 @@ class FamilyBase:
         await asyncio.to_thread(self._delete, outputs)  # superseded: never visible
         return "superseded"
 
-    def _load_job(self, record, attempt: int) -> Job | None:
+    def _load_job(self, record, attempt: int) -> J | None:
         """The job stored at submit, with its captured input images, for ``attempt``."""
         from PIL import Image
 
@@ -339,7 +345,7 @@ class FamilyBase:
                     images[name] = img.convert("L" if img.mode == "L" else "RGB")
         job = job_from_payload(payload["job"], images)
         job.attempt = attempt
-        return job
+        return job  # type: ignore[return-value]  # the payload was made from this family's job type
 
     def _delete(self, outputs: list[Output]) -> None:
         for output in outputs:

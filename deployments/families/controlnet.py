@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from deployments.loader import DiffusionPipelines
+    from deployments.pipelines.preprocessors import DepthEstimator, PoseEstimator
 
 
 class ControlNetTask:
@@ -27,12 +28,12 @@ class ControlNetTask:
     def __init__(self, pipelines: DiffusionPipelines, components: dict[str, Any], controls: list[str]):
         from deployments.loader import resolve_dtype
         from deployments.pipelines.controlnet import controlnet_pipeline, load_controlnet
-        from deployments.pipelines.preprocessors import DepthEstimator, PoseEstimator
 
         dtype = resolve_dtype(pipelines.dtype, pipelines.device)
         self.pipes: dict[str, Any] = {}
         self.preprocessors: dict[str, str] = {}
-        self.depth = self.pose = None
+        self.depth: DepthEstimator | None = None
+        self.pose: PoseEstimator | None = None
         for name in controls:
             config = components["controlnets"][name]
             net = load_controlnet(config["path"], dtype, pipelines.device)
@@ -41,6 +42,8 @@ class ControlNetTask:
             self.pipes[name] = pipe
             self.preprocessors[name] = config["preprocessor"]
         wanted = set(self.preprocessors.values())
+        from deployments.pipelines.preprocessors import DepthEstimator, PoseEstimator
+
         if "depth" in wanted:
             self.depth = DepthEstimator.load(components["depth_estimator"], device=pipelines.device, dtype=dtype)
         if "openpose" in wanted:
@@ -54,12 +57,12 @@ class ControlNetTask:
         from deployments.pipelines.preprocessors import canny
 
         kind = self.preprocessors[job.control or ""]
-        image = job.image.convert("RGB")
+        image = job.input_image().convert("RGB")
         if kind == "canny":
             return canny(image)
-        if kind == "depth":
+        if kind == "depth" and self.depth is not None:
             return self.depth(image)
-        if kind == "openpose":
+        if kind == "openpose" and self.pose is not None:
             return self.pose(image)
         return image
 

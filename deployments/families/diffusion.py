@@ -188,7 +188,7 @@ class DiffusionModel:
             width = job.width or self.pipelines.default_width
             height = job.height or self.pipelines.default_height
         else:
-            width, height = job.image.size
+            width, height = job.input_image().size
         # Checked again here (the ingress sizes jobs first): a job is never larger than the family allows.
         for name, value in (("width", width), ("height", height)):
             if value > self.max_side:
@@ -275,10 +275,10 @@ class DiffusionModel:
             yield pipe, {"height": job.height or self.pipelines.default_height,
                          "width": job.width or self.pipelines.default_width}, []
             return
-        image = job.image.convert("RGB")
+        image = job.input_image().convert("RGB")
         kwargs: dict[str, Any] = {"image": image, "strength": job.strength}
         if job.task == "inpaint":
-            kwargs.update(mask_image=job.mask.convert("L").resize(image.size, Image.NEAREST),
+            kwargs.update(mask_image=job.input_image("mask").convert("L").resize(image.size, Image.Resampling.NEAREST),
                           height=image.height, width=image.width)
         yield pipe, kwargs, []
 
@@ -321,7 +321,13 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-class DiffusionFamily(FamilyBase):
+@dataclass
+class _Prepared:
+    stack: Any  # the job's LoadedStack
+    fresh: bool  # loaded for this job (else it was warm on this replica)
+
+
+class DiffusionFamily(FamilyBase[ImageJob]):
     """Serve deployment for one diffusion model family on one GPU type: the base
     pipelines, the task handlers its apps use (``deployments.catalog.TASKS``) and the
     options its components allow. LoRA stacks are Serve multiplexed models: a request's
@@ -351,6 +357,7 @@ class DiffusionFamily(FamilyBase):
 
         super().__init__(family=family, gpu=gpu, storage=storage, store=store, stall_seconds=stall_seconds)
         self.model_source = model_source
+        self._stack_loads = 0  # LoRA stacks this replica has loaded (each a Serve multiplexing miss)
         components = components or {}
         start = time.perf_counter()
         pipelines = load_pipeline(model_source, revision=revision, dtype=dtype)
@@ -372,7 +379,9 @@ class DiffusionFamily(FamilyBase):
         if not stack_id or self.model.options.loras is None:
             return None
         await asyncio.to_thread(self.model.check_options, job)  # a bad name never reaches the loader
-        return await self.lora_stack(stack_id)
+        loads = self._stack_loads
+        stack = await self.lora_stack(stack_id)
+        return _Prepared(stack, fresh=self._stack_loads != loads)
 
     @serve.multiplexed(max_num_models_per_replica=LORA_STACKS_PER_REPLICA)
     async def lora_stack(self, stack_id: str) -> Any:
@@ -380,11 +389,15 @@ class DiffusionFamily(FamilyBase):
         from deployments.pipelines.lora import load_stack
 
         logger.info("loading LoRA stack %s", stack_id, extra={"lora_stack": stack_id})
+        self._stack_loads += 1
         return await asyncio.to_thread(load_stack, self.model.pipelines.text2img, self.model.options.loras,
                                        stack_id.split(","))
 
+    def describe(self, prepared: Any) -> dict[str, str]:
+        return {"lora_stack": "loaded" if prepared.fresh else "warm"} if prepared is not None else {}
+
     def produce(self, job: ImageJob, on_step: OnStep | None, prepared: Any = None) -> Generated:
-        return self.model.generate(job, on_step=on_step, lora_stack=prepared)
+        return self.model.generate(job, on_step=on_step, lora_stack=prepared.stack if prepared is not None else None)
 
     def package(self, job: ImageJob, produced: Generated) -> tuple[list[Packaged], dict[str, Any]]:
         files = [Packaged(encode_png(image), "image/png", "png", {"seed": seed, "width": image.width,

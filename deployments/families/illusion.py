@@ -21,7 +21,7 @@ class IllusionTask(ControlNetTask):
     """A ControlNet task whose control image is the pattern and whose scale is remapped."""
 
     def control_image(self, job: ImageJob) -> Image.Image:
-        return job.image.convert("RGB")
+        return job.input_image().convert("RGB")
 
     def kwargs(self, job: ImageJob, control: Image.Image) -> dict[str, Any]:
         from deployments.pipelines.controlnet import illusion_call_kwargs

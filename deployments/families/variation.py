@@ -41,7 +41,7 @@ class VariationTask:
     def call(self, job: ImageJob) -> Iterator[tuple[Any, dict[str, Any], list[Image.Image]]]:
         from deployments.pipelines.ip_adapter import ip_adapter_scale
 
-        image = job.image.convert("RGB")
+        image = job.input_image().convert("RGB")
         with self.adapter.attached() as pipe:
             pipe.set_ip_adapter_scale(ip_adapter_scale(job.strength))
             yield pipe, {"ip_adapter_image": image, "height": image.height, "width": image.width}, []

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from deployments.errors import InvalidJobError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
@@ -121,7 +124,7 @@ class _SkipLayers(torch.nn.Module):
     e.g. SDXL's ``text_embeds``, is the full encoder's.
     """
 
-    def __init__(self, encoder: torch.nn.Module, skip: int):
+    def __init__(self, encoder: PreTrainedModel, skip: int):
         super().__init__()
         self.encoder = encoder
         self.skip = skip

@@ -84,7 +84,8 @@ class SafetyChecker:
 
         dtype = dtype or torch.float32
         model = StableDiffusionSafetyChecker.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-        model = model.to(device).eval()
+        # transformers declares ``to`` through functools.wraps, which mypy reads as unbound (self = device).
+        model = model.to(device).eval()  # type: ignore[arg-type]
         if adjustment:
             with torch.no_grad():
                 model.concept_embeds_weights -= adjustment

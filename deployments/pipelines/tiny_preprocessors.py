@@ -38,7 +38,9 @@ POSE_NAME = "tiny-pose"
 def write_tiny_depth(out_dir: Path) -> Path:
     """Write a tiny Depth-Anything model + image processor to ``out_dir/tiny-depth``; return it."""
     target = Path(out_dir) / DEPTH_NAME
-    backbone = Dinov2Config(
+    # Config classes accept extra kwargs (``strict(accept_kwargs=True)``) that their
+    # ``dataclass_transform`` signature hides from mypy: ``out_indices``, ``num_labels``.
+    backbone = Dinov2Config(  # type: ignore[call-arg]
         image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
         intermediate_size=64, out_indices=[1, 2, 3, 4], reshape_hidden_states=False, initializer_range=0.1,
     )
@@ -65,11 +67,13 @@ def write_tiny_depth(out_dir: Path) -> Path:
 def write_tiny_pose(out_dir: Path) -> Path:
     """Write a tiny ViTPose model + image processor to ``out_dir/tiny-pose``; return it."""
     target = Path(out_dir) / POSE_NAME
-    backbone = VitPoseBackboneConfig(
+    backbone = VitPoseBackboneConfig(  # type: ignore[call-arg]  # out_indices: see write_tiny_depth
         image_size=[64, 48], patch_size=[8, 8], hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         mlp_ratio=2, out_indices=[2],
     )
-    config = VitPoseConfig(backbone_config=backbone, num_labels=17, scale_factor=4, use_simple_decoder=True)
+    config = VitPoseConfig(  # type: ignore[call-arg]  # num_labels: see write_tiny_depth
+        backbone_config=backbone, num_labels=17, scale_factor=4, use_simple_decoder=True
+    )
     torch.manual_seed(_SEED)
     VitPoseForPoseEstimation(config).eval().save_pretrained(target, safe_serialization=True)
     VitPoseImageProcessorPil(

@@ -51,7 +51,10 @@ class VaeLibrary:
 
     def path(self, name: str) -> Path:
         """The folder of a name :meth:`parse` accepted."""
-        return self.directory / self.parse(name)
+        parsed = self.parse(name)
+        if parsed is None:
+            raise ValueError("a blank VAE name has no folder (it means the model's own VAE)")
+        return self.directory / parsed
 
 
 def load_vae(path: str | Path, dtype, device: str):

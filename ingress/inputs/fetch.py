@@ -82,7 +82,7 @@ MIB = 1024 * 1024
 
 #: Loopback networks permitted by ``FetchLimits.allow_loopback`` (tests only). ssrfguard matches
 #: allow-list entries per address family, so ``::ffff:127.0.0.1`` stays refused.
-_LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+_LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 #: Stand-in for ``socket.getaddrinfo`` handed to ssrfguard; ``None`` means the system resolver.
 #: Tests replace it so no DNS query ever leaves the machine. Whatever it returns is validated.

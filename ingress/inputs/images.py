@@ -221,18 +221,10 @@ def size_for_app(
     iw, ih = image.size
     if width and height:
         return image.resize((width, height), Image.Resampling.LANCZOS)
-    if width or height:
-        given, value = ("width", width) if width else ("height", height)
-        other = "height" if width else "width"
-        derived = max(64, round((ih * width / iw if width else iw * height / ih) / 64) * 64)
-        lo, hi = ranges[other]
-        if not lo <= derived <= hi:
-            raise ValidationFailed(
-                f"{other}: from the input image's aspect ratio ({iw}x{ih}) and {given} {value} it would be "
-                f"{derived}, outside app {app_id}'s range; allowed: {lo}..{hi}; send both width and height"
-            )
-        size = (width, derived) if width else (derived, height)
-        return image.resize(size, Image.Resampling.LANCZOS)
+    if width:
+        return _one_side(image, "width", width, ranges, app_id)
+    if height:
+        return _one_side(image, "height", height, ranges, app_id)
     (wlo, whi), (hlo, hhi) = ranges["width"], ranges["height"]
     scale = min(1.0, whi / iw, hhi / ih)
     scale = max(scale, wlo / iw, hlo / ih)
@@ -244,6 +236,23 @@ def size_for_app(
     w = min(whi, max(wlo, math.floor(iw * scale / 64) * 64))
     h = min(hhi, max(hlo, math.floor(ih * scale / 64) * 64))
     return image if (w, h) == image.size else image.resize((w, h), Image.Resampling.LANCZOS)
+
+
+def _one_side(
+    image: Image.Image, given: str, value: int, ranges: dict[str, tuple[int, int]], app_id: str
+) -> Image.Image:
+    """Only ``given`` (``width`` or ``height``) is ``value``: the other side follows from the aspect ratio."""
+    iw, ih = image.size
+    other = "height" if given == "width" else "width"
+    derived = max(64, round((ih * value / iw if given == "width" else iw * value / ih) / 64) * 64)
+    lo, hi = ranges[other]
+    if not lo <= derived <= hi:
+        raise ValidationFailed(
+            f"{other}: from the input image's aspect ratio ({iw}x{ih}) and {given} {value} it would be "
+            f"{derived}, outside app {app_id}'s range; allowed: {lo}..{hi}; send both width and height"
+        )
+    size = (value, derived) if given == "width" else (derived, value)
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _range64(lo: float, hi: float) -> tuple[int, int]:

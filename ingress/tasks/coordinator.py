@@ -243,7 +243,7 @@ class TaskCoordinator:
 
         record, written = self.tasks.apply(tenant, task_id, change)
         taken = written and record is not None and not record.terminal
-        return (record.attempts if taken else None), record
+        return (record.attempts if taken and record is not None else None), record
 
     async def _run_attempt(self, record: TaskRecord, attempt: int) -> bool:
         """Send one attempt to its family; True means "take another attempt now"."""
@@ -339,7 +339,7 @@ class TaskCoordinator:
                 await asyncio.to_thread(self.tasks.settle, record)  # its writer died before settling
             if (record is not None and record.terminal) or (record is None and marker_age > ORPHAN_MARKER_SECONDS):
                 await asyncio.to_thread(self.store.delete, marker)
-            if changed:
+            if changed and record is not None:
                 log.info("task %s: %s", task_id, record.error_data)
         except Exception:
             log.exception("timing out task %s failed; the next scan retries", task_id)

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from deployments.catalog import deployment_name
@@ -26,7 +26,7 @@ from ingress.wiring.settings import IngressSettings
 from storage.base import ObjectStore
 from storage.tasks import TaskRecord, TaskStore, task_created_at
 
-Kick = Callable[[str, str, str], Awaitable[None]]  # (tenant, task_id, deployment)
+Kick = Callable[[str, str, str], Coroutine[Any, Any, None]]  # async (tenant, task_id, deployment); run as a task
 
 
 def body_digest(body: dict[str, Any]) -> str:
@@ -177,7 +177,9 @@ class TaskService:
             return None
 
         record = await asyncio.to_thread(self.tasks.update, tenant, task_id, change)
-        if record is not None and record.status == "REVOKED":
+        if record is None:  # deleted (expired) since the lookup
+            raise NotFound("no such task")
+        if record.status == "REVOKED":
             await asyncio.to_thread(self.tasks.settle, record)
         return await asyncio.to_thread(task_envelope, record, self.tasks.store, self.url_expiry)
 

@@ -41,12 +41,14 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
         family = config.families[family_name]
         name = deployment_name(family_name, gpu)
         options = family.options_for(gpu).serve_options()
+        # deployment_keys() types the GPU as str; it is a validated key of gpu_pools (issue 7: type it GpuType).
+        pool = config.gpu_pools[gpu]
+        # serve.deployment(options)(cls): the same call as serve.deployment(cls, options), typed as a Deployment.
         deployment = serve.deployment(
-            family_class(family.kind),
             name=name,
-            ray_actor_options=_with_env(config.gpu_pools[gpu].actor_options(), secrets.for_family()),
+            ray_actor_options=_with_env(pool.actor_options(), secrets.for_family()),
             **options,
-        )
+        )(family_class(family.kind))
         bound[name] = deployment.bind(
             family.model.resolve(models_dir),
             revision=family.model.revision,
@@ -76,17 +78,15 @@ def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Applicati
     secrets = secrets if secrets is not None else Secrets.read()
     families = family_deployments(config, secrets)
     coordinator = serve.deployment(
-        TaskCoordinator,
         name="tasks",
         num_replicas=1,
         max_ongoing_requests=1000,
         health_check_period_s=2,
         ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_coordinator()),
-    ).bind(families)
+    )(TaskCoordinator).bind(families)
     ingress = serve.deployment(
-        serve.ingress()(StudioIngress),
         name="ingress",
         ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_ingress()),
         **config.ingress.serve_options(),
-    )
+    )(serve.ingress()(StudioIngress))
     return ingress.bind(config.model_dump(mode="json"), families, coordinator)

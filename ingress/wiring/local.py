@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATED_GPUS = {"a10g": 4, "a100": 4, "h100": 4}
+EMULATED_GPUS: dict[str, float] = {"a10g": 4, "a100": 4, "h100": 4}
 log = logging.getLogger("ingress.wiring.local")
 
 
@@ -144,7 +144,12 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: (reload.set(), stop.set()))
+
+    def on_hup(*_: object) -> None:
+        reload.set()
+        stop.set()
+
+    signal.signal(signal.SIGHUP, on_hup)
     while True:
         stop.wait()
         if not reload.is_set():

@@ -80,7 +80,7 @@ class ModelSource(_Strict):
     def resolve(self, models_dir: Path) -> str:
         if self.hub_id is not None:
             return self.hub_id
-        path = Path(os.path.expandvars(self.path))
+        path = Path(os.path.expandvars(self.path or ""))
         return str(path if path.is_absolute() else (models_dir / path).resolve())
 
 
@@ -177,7 +177,7 @@ class FamilyConfig(_Strict):
     #: Per-GPU-type overrides of ``deployment`` (e.g. more replicas on a100).
     per_gpu: dict[GpuType, DeploymentOptions] = Field(default_factory=dict)
 
-    def options_for(self, gpu: str) -> DeploymentOptions:
+    def options_for(self, gpu: GpuType) -> DeploymentOptions:
         return self.per_gpu.get(gpu, self.deployment)
 
     @field_validator("kind")
@@ -303,9 +303,9 @@ class ServiceConfig(_Strict):
                 controls[app.task].append(app.control)
         return tasks, controls
 
-    def deployment_keys(self) -> list[tuple[str, str]]:
+    def deployment_keys(self) -> list[tuple[str, GpuType]]:
         """Every (family, GPU type) some app uses, in registry order."""
-        keys: list[tuple[str, str]] = []
+        keys: list[tuple[str, GpuType]] = []
         for app in self.apps:
             for gpu in app.inference_types:
                 if (app.family, gpu) not in keys:

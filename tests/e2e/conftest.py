@@ -4,40 +4,21 @@ tiny models, the emulated GPU types, the local object store, real HTTP."""
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from PIL import Image
 
-from tests.support.service import ROOT, LocalService
+from tests.support.configs import e2e_config
+from tests.support.service import LocalService
 
 KEY_A, KEY_B, KEY_C = "sk-test-tenant-a", "sk-test-tenant-b", "sk-test-tenant-c"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 WEBHOOK_SECRET_C = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
-DEADLINE_APP, DEADLINE_SECONDS = "ap-sd15-deadline", 4
-
-
-def e2e_config(tmp: Path) -> Path:
-    """serve_config.yaml with one tight family deployment (sd15 on a100) for the 503 test,
-    and an app whose async tasks have a short deadline."""
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    args = config["applications"][0]["args"]
-    tight = copy.deepcopy(args["families"]["sd15"]["deployment"])
-    tight.update(max_ongoing_requests=1, max_queued_requests=1)
-    args["families"]["sd15"]["per_gpu"] = {"a100": tight}
-    args["apps"].append({"app_id": DEADLINE_APP, "name": "SD 1.5 with a short task deadline", "family": "sd15",
-                         "task": "text2img", "inference_types": ["a10g"],
-                         "limits": {"task_deadline_seconds": DEADLINE_SECONDS}})
-    path = tmp / "serve_config.e2e.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.e2e.conftest import KEY_A, e2e_config
+from tests.e2e.conftest import KEY_A
+from tests.support.configs import e2e_config
 from tests.support.service import LocalService, replica_pids
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from ingress.tasks.webhooks import verify
-from tests.e2e.conftest import DEADLINE_APP, DEADLINE_SECONDS, KEY_B, KEY_C, WEBHOOK_SECRET
+from tests.e2e.conftest import KEY_B, KEY_C, WEBHOOK_SECRET
+from tests.support.configs import DEADLINE_APP, DEADLINE_SECONDS
 from tests.support.peers import silent_server
 
 pytestmark = pytest.mark.e2e

@@ -85,13 +85,15 @@ def draw_openpose(keypoints: Sequence[Keypoint], size: tuple[int, int], threshol
     points = coco_to_openpose(keypoints, threshold)
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     for (a, b), color in zip(OPENPOSE_LIMBS, OPENPOSE_COLORS):
-        if points[a] is None or points[b] is None:
+        pa, pb = points[a], points[b]
+        if pa is None or pb is None:
             continue
-        (xa, ya), (xb, yb) = points[a], points[b]
+        (xa, ya), (xb, yb) = pa, pb
         length = math.hypot(xa - xb, ya - yb)
         angle = math.degrees(math.atan2(ya - yb, xa - xb))
         center = (int((xa + xb) / 2), int((ya + yb) / 2))
-        polygon = cv2.ellipse2Poly(center, (int(length / 2), _STICK_WIDTH), int(angle), 0, 360, 1)
+        # cv2's stub says a sequence of points; it returns an int32 (N, 2) array (asarray: no copy).
+        polygon = np.asarray(cv2.ellipse2Poly(center, (int(length / 2), _STICK_WIDTH), int(angle), 0, 360, 1), dtype=np.int32)
         cv2.fillConvexPoly(canvas, polygon, color)
     canvas = (canvas * _LIMB_DIM).astype(np.uint8)
     for point, color in zip(points, OPENPOSE_COLORS):
@@ -120,7 +122,8 @@ class PoseEstimator:
         if model.config.num_labels != len(COCO_KEYPOINTS):
             raise ValueError(f"{path}: expected a COCO-17 keypoint model, it has {model.config.num_labels} keypoints")
         device = torch.device(device)
-        return cls(model.to(device).eval(), processor, device, dtype, threshold)
+        # transformers declares ``to`` through functools.wraps, which mypy reads as unbound (self = device).
+        return cls(model.to(device).eval(), processor, device, dtype, threshold)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def keypoints(self, image: Image.Image) -> list[Keypoint]:

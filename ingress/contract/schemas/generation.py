@@ -13,10 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from deployments.catalog import MAX_SEED, GpuType
-from deployments.schedulers import SCHEDULER_NAMES
+from deployments.schedulers import SchedulerName
 
 SafetyCheckerType = Literal["blur", "pixelate", "black", "sensitive_content_text"]
-SchedulerName = Literal[tuple(SCHEDULER_NAMES)]  # type: ignore[valid-type]
 
 MAX_PROMPT_CHARS = 4000
 
@@ -69,7 +68,9 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="0..2^32-1; null: random. Image i uses seed + i; `meta.seeds` returns them."
     )
-    scheduler: SchedulerName | None = Field(None, description="A diffusers scheduler class name (seed 002's list).")
+    scheduler: SchedulerName | None = Field(
+        None, description="A diffusers scheduler class name; one that cannot run here is a 422 listing those that can."
+    )
     use_karras_sigmas: Flag | None = Field(None, description="Karras sigmas, for schedulers that support them.")
     algorithm_type: str | None = Field(
         None, max_length=32, description="DPMSolver algorithm: dpmsolver++, sde-dpmsolver++, dpmsolver, sde-dpmsolver."

@@ -1,0 +1,36 @@
+"""The serve_config.yaml variant the end-to-end tests and ``bench/async.py`` run."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from tests.support.service import ROOT
+
+DEADLINE_APP, DEADLINE_SECONDS = "ap-sd15-deadline", 4
+LORA_APP = "ap-sd15-lora-multiplex"
+
+
+def e2e_config(tmp: Path) -> Path:
+    """serve_config.yaml with one tight family deployment (sd15 on a100) for the 503 test,
+    an app whose async tasks have a short deadline, and a two-replica LoRA family."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args = config["applications"][0]["args"]
+    tight = copy.deepcopy(args["families"]["sd15"]["deployment"])
+    tight.update(max_ongoing_requests=1, max_queued_requests=1)
+    args["families"]["sd15"]["per_gpu"] = {"a100": tight}
+    args["apps"].append({"app_id": DEADLINE_APP, "name": "SD 1.5 with a short task deadline", "family": "sd15",
+                         "task": "text2img", "inference_types": ["a10g"],
+                         "limits": {"task_deadline_seconds": DEADLINE_SECONDS}})
+    # Two replicas with LoRAs only, for Serve's multiplexed routing of LoRA stacks.
+    args["families"]["sd15-lora"] = {
+        "kind": "diffusion", "model": {"path": "tiny-sd15"}, "components": {"loras": {"path": "tiny-loras-sd15"}},
+        "deployment": {"num_replicas": 2, "max_ongoing_requests": 2, "max_queued_requests": 8},
+    }
+    args["apps"].append({"app_id": LORA_APP, "name": "SD 1.5 with LoRA stacks on two replicas",
+                         "family": "sd15-lora", "task": "text2img", "inference_types": ["a10g"]})
+    path = tmp / "serve_config.e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
