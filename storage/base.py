@@ -53,6 +53,9 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
 
+    def content_type(self, key: str) -> str:
+        """The content type ``key`` was stored with."""
+
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a store call failed for a reason that may pass on its own (the network, the

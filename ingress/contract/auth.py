@@ -1,4 +1,9 @@
-"""API keys: ``Authorization: Bearer <key>`` mapped to a tenant."""
+"""API keys: ``Authorization: Bearer <key>`` mapped to a tenant.
+
+Routes take the caller's tenant as one dependency, :data:`Tenant`; it reads the
+:class:`KeyRing` that :func:`ingress.contract.api.create_api` puts on
+``app.state.keys``, and it runs before the handler reads the body.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ import hmac
 import json
 import logging
 from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ingress.contract.errors import Unauthorized
 from storage.keys import validate_tenant
@@ -66,3 +75,23 @@ class KeyRing:
             if hmac.compare_digest(known, digest):
                 return tenant
         raise Unauthorized("unknown API key")
+
+
+#: The security scheme the OpenAPI document publishes. It never refuses by itself
+#: (``auto_error=False``): :func:`tenant_of_request` does, with the contract's 401 envelope.
+bearer = HTTPBearer(
+    auto_error=False, scheme_name="ApiKey", bearerFormat="API key",
+    description="`Authorization: Bearer <api key>`; each key belongs to one tenant.",
+)
+
+
+async def tenant_of_request(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> str:
+    """The caller's tenant, or raise ``Unauthorized`` (401) naming what is wrong with the header."""
+    keys: KeyRing = request.app.state.keys
+    return keys.tenant(request.headers.get("authorization"))
+
+
+#: A route parameter annotated ``Tenant`` is the authenticated caller's tenant.
+Tenant = Annotated[str, Depends(tenant_of_request)]

@@ -89,6 +89,9 @@ def test_apps_lists_the_new_apps_with_their_fields_and_options(client):
     assert apps[CANNY]["task"] == "controlnet" and apps[CANNY]["inputs"] == ["image"]
     assert "conditioning scale" in apps[CANNY]["strength"] and "0.8 + 1.2" in apps[ILLUSION]["strength"]
     assert apps[ILLUSION]["defaults"]["prompt"].startswith("medieval village")
+    for app_id in ("ap-sd15-txt2img", VARIATION_SDXL, CANNY):  # from the loaded model
+        assert apps[app_id]["loras"] == ["tiny-clay", "tiny-ink", "tiny-sketch"]
+        assert apps[app_id]["vaes"] == ["tiny-vae-alt"] and apps[app_id]["safety_checker"] is True
 
 
 @pytest.mark.parametrize("celery", [False, True], ids=["sync", "celery"])

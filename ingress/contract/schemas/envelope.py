@@ -10,7 +10,7 @@ from storage.tasks import Status as TaskStatus
 
 
 class OutputMeta(BaseModel):
-    """Facts about the outputs (an addition to the seed contract); each family adds its own."""
+    """Facts about the outputs; each family may add its own."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -1,0 +1,208 @@
+"""What the OpenAPI document says about each route: the statuses it can answer, and
+request bodies narrowed to the registry this replica serves.
+
+The handlers read raw bodies (capped while they stream, see :mod:`ingress.contract.body`),
+so body schemas are published with ``openapi_extra``; they are built once, by
+``create_api``, from the request models and the registry: a route's ``app_id`` is one
+of the apps whose task that route serves, and each app's own limits, GPU types and
+inputs are a branch of the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from deployments.catalog import TASKS
+from ingress.contract.schemas.envelope import Envelope
+from ingress.contract.schemas.generation import Flag
+from ingress.wiring.registry import AppConfig
+from ingress.wiring.settings import IngressSettings
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
+def responses(settings: IngressSettings, *codes: int, body_bytes: int | None = None) -> dict[int | str, Any]:
+    """The error statuses a route can answer, each documented with the envelope."""
+    text = {
+        401: "`Unauthorized`: the `Authorization: Bearer <api key>` header is missing, malformed or unknown.",
+        404: "`NotFound`: no such task, or it belongs to another tenant.",
+        408: f"`RequestTimeout`: the body did not arrive within {settings.body_read_seconds:g} s.",
+        413: f"`PayloadTooLarge`: the body is larger than this route accepts (at most {body_bytes} bytes).",
+        422: "`ValidationError`: `error_data` names each bad field and its allowed values"
+        " (also: JSON that is not an object, or nested too deeply).",
+        500: "`ModelError` (the model failed on a valid job) or `InternalError`; `error_data` names an incident id.",
+        503: "`Overloaded`: the service is shedding load; retry after `Retry-After` seconds.",
+        504: f"`Timeout`: the synchronous call ran past {settings.sync_timeout_seconds:g} s;"
+        " send `celery: true` for long jobs.",
+    }
+    out: dict[int | str, Any] = {}
+    for code in codes:
+        doc: dict[str, Any] = {"model": Envelope, "description": text[code]}
+        if code == 503:
+            doc["headers"] = _RETRY_AFTER
+        out[code] = doc
+    return out
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` publishing ``schema`` as the route's required JSON body."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def model_body(model: type[BaseModel]) -> dict[str, Any]:
+    return json_body(model.model_json_schema())
+
+
+#: A field that must be absent, null or empty. (Combinators inside the branches are kept
+#: to a minimum: generators expand every ``anyOf`` of the rules between fields.)
+_EMPTY: dict[str, Any] = {"type": ["null", "string"], "maxLength": 0}
+
+
+#: What a flag (:data:`ingress.contract.schemas.generation.Flag`) takes: JSON booleans, and the
+#: strings yes/true/1 and no/false/0 (any case, surrounding spaces ignored).
+_TRUE = {"type": "string", "pattern": r"^\s*([Yy][Ee][Ss]|[Tt][Rr][Uu][Ee]|1)\s*$"}
+_FALSE = {"type": "string", "pattern": r"^\s*([Nn][Oo]|[Ff][Aa][Ll][Ss][Ee]|0)\s*$"}
+_FLAG_TRUE: dict[str, Any] = {"anyOf": [{"const": True}, _TRUE]}
+_FLAG_FALSE: dict[str, Any] = {"anyOf": [{"const": False}, _FALSE]}
+
+
+def _flags(model: type[BaseModel]) -> list[str]:
+    """The model's fields typed :data:`Flag` (or ``Flag | None``)."""
+    marker = typing.get_args(Flag)[1]
+    return [name for name, info in model.model_fields.items()
+            if marker in info.metadata or Flag in typing.get_args(info.annotation)]
+
+
+def _fold_nullables(properties: dict[str, Any]) -> None:
+    """``anyOf: [X, {type: null}]`` (pydantic's ``X | None``) as ``X`` with ``type: [.., "null"]``:
+    the same values, one combinator fewer for generators to expand."""
+    for name, prop in properties.items():
+        branches = prop.get("anyOf")
+        if not branches or len(branches) != 2 or branches[1] != {"type": "null"}:
+            continue
+        first = branches[0]
+        if not isinstance(first.get("type"), str) or any(k in first for k in ("anyOf", "oneOf", "allOf", "not")):
+            continue
+        rest = {k: v for k, v in prop.items() if k != "anyOf"}
+        folded = {**first, "type": [first["type"], "null"]}
+        if "enum" in folded:
+            folded["enum"] = [*folded["enum"], None]
+        properties[name] = {**rest, **folded}
+
+
+def _publish_flags(model: type[BaseModel], properties: dict[str, Any]) -> None:
+    for name in _flags(model):
+        prop = properties[name]
+        flag = {"anyOf": [{"type": "boolean"}, _TRUE, _FALSE]}
+        if "anyOf" in prop:  # Flag | None
+            prop["anyOf"] = [flag if branch == {"type": "boolean"} else branch for branch in prop["anyOf"]]
+        else:
+            prop.pop("type", None)
+            prop.update(flag)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null, without a combinator (type keywords ignore other types)."""
+    if "enum" in schema:
+        return {"enum": [*schema["enum"], None]}
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _app_rules(app: AppConfig, properties: dict[str, Any]) -> dict[str, Any]:
+    """What one app accepts beyond the route's common fields (the rules of
+    :func:`ingress.contract.validation.check_for_app` that the registry decides)."""
+    spec = TASKS[app.task]
+    lim = app.limits
+    props: dict[str, Any] = {
+        "inference_type": _nullable({"enum": list(app.inference_types)}),
+        "batch": {"type": "integer", "minimum": 1, "maximum": lim.batch_max},
+        "num_inference_steps": _nullable({"type": "integer", "minimum": 1, "maximum": lim.steps_max}),
+    }
+    for side in ("height", "width"):
+        rng = getattr(lim, side)
+        props[side] = _nullable(
+            {"type": "integer", "minimum": _number(rng.min), "maximum": _number(rng.max), "multipleOf": 64}
+        )
+    taken = {i.field: i for i in spec.inputs}
+    required = ["app_id"]
+    for field in sorted({i.field for s in TASKS.values() for i in s.inputs} & set(properties)):
+        item = taken.get(field)
+        if item is not None and item.required:
+            props[field] = {"type": "string", "minLength": 1}
+            required.append(field)
+        elif item is None:  # not this app's input: absent, null or empty
+            props[field] = _EMPTY
+    for option in sorted({o for s in TASKS.values() for o in s.options} & set(properties)):
+        if option not in spec.options:
+            props[option] = {"anyOf": [{"enum": [False, None]}, _FALSE]}
+    return {"properties": props, "required": required}
+
+
+def _app_branches(apps: list[AppConfig], properties: dict[str, Any]) -> list[dict[str, Any]]:
+    """One branch per distinct set of rules, naming the apps that share it (fewer branches
+    keep the schema readable, and small enough for generators that expand it)."""
+    groups: dict[str, tuple[dict[str, Any], list[AppConfig]]] = {}
+    for app in apps:
+        rules = _app_rules(app, properties)
+        groups.setdefault(json.dumps(rules, sort_keys=True), (rules, []))[1].append(app)
+    branches = []
+    for rules, members in groups.values():
+        ids = [a.app_id for a in members]
+        branches.append({
+            "title": ", ".join(ids),
+            "description": "; ".join(f"{a.name} ({TASKS[a.task].summary})" for a in members),
+            "properties": {"app_id": {"enum": ids}, **rules["properties"]},
+            "required": rules["required"],
+        })
+    return branches
+
+
+#: Fields that only an async task takes (``celery: true``): absent, null or empty otherwise.
+_ASYNC_ONLY = ("webhook", "reference_id")
+
+
+def generation_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: bool = True) -> dict[str, Any]:
+    """The request schema of a generation route serving ``apps``: ``app_id`` one of
+    theirs, each app's rules a ``oneOf`` branch (apps with the same rules share one),
+    and the rules between fields.
+    ``async_tasks`` False: this deployment refuses ``celery: true``."""
+    schema = copy.deepcopy(model.model_json_schema())
+    properties = schema["properties"]
+    _publish_flags(model, properties)
+    _fold_nullables(properties)
+    if not async_tasks:
+        properties["celery"] = {**properties["celery"], **_FLAG_FALSE,
+                                "description": "Async tasks are not enabled on this deployment: false only."}
+    properties["app_id"] = {
+        **properties["app_id"], "enum": [a.app_id for a in apps],
+        "description": "Which app to run (`GET apps` describes each); its branch below says what it accepts.",
+    }
+    rules: list[dict[str, Any]] = [{"oneOf": _app_branches(apps, properties)}]
+    # Async-only fields are empty, or celery is true (one rule for both keeps the schema small
+    # enough for generators that distribute allOf over anyOf).
+    async_only = {"properties": {f: _EMPTY for f in _ASYNC_ONLY if f in properties}}
+    if async_only["properties"]:
+        celery = {"required": ["celery"], "properties": {"celery": _FLAG_TRUE}}
+        rules.append({"anyOf": [async_only, celery]} if async_tasks else async_only)
+    if "safety_checker_type" in properties:
+        rules.append({"anyOf": [
+            {"properties": {"safety_checker_type": {"type": "null"}}},
+            {"properties": {"safety_checker": {"anyOf": [{"enum": [True, None]}, _TRUE]}}},
+        ]})
+    schema["allOf"] = rules
+    return schema

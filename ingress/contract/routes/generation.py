@@ -1,0 +1,154 @@
+"""The generation routes: authenticate → read and validate the body → app rules →
+run synchronously (dispatch) or store an async task (``celery: true``) → envelope."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+
+from deployments.catalog import TASKS, deployment_name
+from deployments.types import Result
+from ingress.contract.auth import Tenant
+from ingress.contract.envelopes import envelope_response
+from ingress.contract.errors import ValidationFailed
+from ingress.contract.routes.context import BodyReader, Studio
+from ingress.contract.routes.docs import generation_body, json_body, responses
+from ingress.contract.routes.parsing import parse_strict
+from ingress.contract.schemas.envelope import Envelope, output_meta
+from ingress.contract.schemas.generation import GenerationRequest, ImageToImageRequest, TextToImageRequest
+from ingress.contract.validation import check_for_app
+from ingress.jobs import build_job, redact
+from ingress.model_checks import check_job
+from ingress.tasks.service import body_digest
+from ingress.tasks.webhooks import check_webhook_destination
+from storage.tasks import new_task_id
+
+log = logging.getLogger(__name__)
+
+_SYNC_HEADER = {
+    "X-Studio-Deployment": {
+        "description": "Synchronous calls: the family deployment that ran the job, e.g. `sd15-a100`.",
+        "schema": {"type": "string"},
+    },
+    "X-Studio-Replica": {
+        "description": "Synchronous calls: the replica of that deployment that ran the job.",
+        "schema": {"type": "string"},
+    },
+    "X-Studio-Lora-Stack": {
+        "description": "Synchronous calls with `lora_model`: `loaded` (the replica loaded the stack for this call) "
+        "or `warm` (it already held it).",
+        "schema": {"type": "string", "enum": ["loaded", "warm"]},
+    },
+}
+#: ``Result.served_by`` keys → response headers.
+_SERVED_BY = {"replica": "X-Studio-Replica", "lora_stack": "X-Studio-Lora-Stack"}
+
+
+def router(studio: Studio, read_body: BodyReader) -> APIRouter:
+    """``getTextToImage``, ``getImageToImage`` and its alias ``getImagetoImage``."""
+    api = APIRouter(tags=["generation"])
+    limits = studio.fetch_limits
+    settings = studio.settings
+
+    def body_cap(model: type[GenerationRequest]) -> int:
+        """Routes that take inline images accept bodies up to ``max_image_body_bytes``."""
+        return settings.max_image_body_bytes if issubclass(model, ImageToImageRequest) else settings.max_body_bytes
+
+    async def generate(route: str, model: type[GenerationRequest], request: Request, tenant: str):
+        started = time.perf_counter()
+        req = parse_strict(model, await read_body(request, body_cap(model)))
+        app, gpu = check_for_app(route, req, studio.registry)
+        if req.celery:
+            return envelope_response(await submit(route, app, gpu, req, tenant, request))
+        request_id = uuid.uuid4().hex
+        job = await build_job(app, req, tenant, request_id, limits)
+        await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
+        result = await studio.dispatcher.run(app.family, gpu, job, settings.sync_timeout_seconds)
+        output, expires_at = await _outputs(studio, result)
+        env = Envelope(
+            time_required=round(time.perf_counter() - started, 4),
+            input=redact(req),
+            output=output,
+            app_id=app.app_id,
+            task_id=request_id,
+            status="SUCCESS",
+            meta=output_meta(result.meta, expires_at),
+        )
+        log.info(
+            "generated",
+            extra={"app_id": app.app_id, "gpu": gpu, "tenant": tenant, "outputs": len(result.outputs),
+                   "seconds": env.time_required},
+        )
+        headers = {"X-Studio-Deployment": deployment_name(app.family, gpu)}
+        headers.update({_SERVED_BY[k]: v for k, v in result.served_by.items() if k in _SERVED_BY})
+        return envelope_response(env, headers=headers)
+
+    async def check_for_model(app, gpu: str, job, wait: bool) -> None:
+        facts = None
+        if studio.facts is not None:
+            facts = await studio.facts.get(deployment_name(app.family, gpu), wait=wait)
+        check_job(job, facts)
+
+    async def submit(route, app, gpu, req, tenant, request: Request) -> Envelope:
+        """Check everything a synchronous call checks, capture the inputs, store the task."""
+        if studio.tasks is None:
+            raise ValidationFailed("celery: async tasks are not enabled on this deployment; send celery: false")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise ValidationFailed("Idempotency-Key: allowed: 1..255 characters")
+        digest = None
+        if key is not None:  # only a keyed submit is compared with an earlier one
+            digest = await asyncio.to_thread(body_digest, req.model_dump(mode="json", exclude_none=True))
+            if (replay := await studio.tasks.replay(tenant, key, digest)) is not None:
+                return replay
+        if req.webhook:
+            if not settings.has_webhook_secret(tenant):
+                raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
+            await check_webhook_destination(req.webhook, limits)
+        job = await build_job(app, req, tenant, "pending", limits)
+        await check_for_model(app, gpu, job, wait=True)
+        job.request_id = new_task_id()  # after the inputs: a task's deadline counts from its id
+        return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
+
+    def doc(route: str, model: type[GenerationRequest]) -> dict:
+        apps = [a for a in studio.registry.config.apps if TASKS[a.task].route == route]
+        return {
+            "response_model": Envelope,
+            "responses": {
+                200: {"description": "`SUCCESS` with `output` (synchronous), or `PENDING` with `task_id`"
+                      " (`celery: true`).", "headers": _SYNC_HEADER},
+                **responses(settings, 401, 408, 413, 422, 500, 503, 504, body_bytes=body_cap(model)),
+            },
+            "openapi_extra": json_body(generation_body(model, apps, async_tasks=studio.tasks is not None)),
+        }
+
+    @api.post("/getTextToImage", summary="Text To Image", **doc("getTextToImage", TextToImageRequest))
+    async def get_text_to_image(request: Request, tenant: Tenant):
+        return await generate("getTextToImage", TextToImageRequest, request, tenant)
+
+    i2i = doc("getImageToImage", ImageToImageRequest)
+
+    @api.post("/getImageToImage", summary="Image To Image, Inpainting, ControlNet, Illusion, Variation", **i2i)
+    async def get_image_to_image(request: Request, tenant: Tenant):
+        return await generate("getImageToImage", ImageToImageRequest, request, tenant)
+
+    @api.post("/getImagetoImage", summary="Alias of getImageToImage", **i2i)
+    async def get_image_to_image_alias(request: Request, tenant: Tenant):
+        return await generate("getImageToImage", ImageToImageRequest, request, tenant)
+
+    return api
+
+
+async def _outputs(studio: Studio, result: Result) -> tuple[list[str], float | None]:
+    """Output URLs that expire, or inline data: URIs when the job asked for bytes."""
+    inline = [(o.content_type, o.data) for o in result.outputs if o.data is not None]
+    if len(inline) == len(result.outputs):
+        return [f"data:{kind};base64,{base64.b64encode(data).decode()}" for kind, data in inline], None
+    expiry = studio.url_expiry_seconds
+    urls = await asyncio.to_thread(lambda: [studio.store.url(o.key, expiry) for o in result.outputs])
+    return urls, time.time() + expiry
