@@ -7,20 +7,21 @@ tiny-model maker (which tiny models a kind needs). Adding a family is one module
 under ``deployments/families/``, one ``KindSpec`` and its ``TaskSpec`` rows here,
 and registry entries in ``serve_config.yaml``.
 
-Also the one definition of the literals the tree shares: GPU types, task
-statuses, the seed range, and a family deployment's name.
+Also the one definition of the literals the tree shares: GPU types, the seed
+range, and a family deployment's name (task statuses live with the task records,
+``storage/tasks.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 GpuType = Literal["a10g", "a100", "h100"]
-GPU_TYPES: tuple[str, ...] = ("a10g", "a100", "h100")
+GPU_TYPES: tuple[str, ...] = get_args(GpuType)
 
-TaskStatus = Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED"]
-TASK_STATUSES: tuple[str, ...] = ("PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED")
+#: How a ControlNet's control image is made from ``image`` (``deployments/families/controlnet.py``).
+Preprocessor = Literal["canny", "depth", "openpose", "none"]
 
 #: Seeds are 0..MAX_SEED (a request's ``seed``; a random base is drawn so that
 #: ``base + i`` of a batch stays in range too).
@@ -73,7 +74,7 @@ class KindSpec:
 
 
 _IMAGE = InputSpec("image", "image", doc="the reference image")
-_IMG2IMG_STRENGTH = "diffusers' img2img strength: 0 keeps the input, 1 ignores it"
+IMG2IMG_STRENGTH = "diffusers' img2img strength: 0 keeps the input, 1 ignores it"
 _CONDITIONING = "how strongly the control image conditions the result: the ControlNet conditioning scale (0..1)"
 _ILLUSION = "how strongly the pattern shows: ControlNet conditioning scale 0.8 + 1.2 x strength (0.8..2.0)"
 _VARIATION = "how closely the variation follows the image: the IP-Adapter scale (0..1)"
@@ -83,11 +84,11 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         TaskSpec("text2img", "getTextToImage", "diffusion", "Text To Image"),
         TaskSpec("img2img", "getImageToImage", "diffusion", "Image To Image", inputs=(_IMAGE,),
-                 strength=_IMG2IMG_STRENGTH),
+                 strength=IMG2IMG_STRENGTH),
         TaskSpec(
             "inpaint", "getImageToImage", "diffusion", "Inpainting",
             inputs=(_IMAGE, InputSpec("mask_url", "mask", mode="L", doc="white = repaint, black = keep")),
-            strength=_IMG2IMG_STRENGTH,
+            strength=IMG2IMG_STRENGTH,
         ),
         TaskSpec("controlnet", "getImageToImage", "diffusion", "ControlNet", inputs=(_IMAGE,),
                  strength=_CONDITIONING, options=("return_control_image",), component="controlnet",

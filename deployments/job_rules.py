@@ -4,12 +4,13 @@ family reports), in the same words."""
 
 from __future__ import annotations
 
+from deployments.catalog import IMG2IMG_STRENGTH, TASKS
 from deployments.errors import InvalidJobError
 
 
 def check_strength(task: str, strength: float, steps: int) -> None:
     """Image-to-image and inpainting run ``int(steps × strength)`` denoising steps: at least one."""
-    if task in ("img2img", "inpaint") and int(steps * strength) < 1:
+    if task in TASKS and TASKS[task].strength == IMG2IMG_STRENGTH and int(steps * strength) < 1:
         raise InvalidJobError(
             "strength",
             f"strength × num_inference_steps must be at least 1 (got {strength:g} × {steps}); "

@@ -23,7 +23,7 @@ class Dispatcher(Protocol):
         """Run ``job`` on the (family, GPU type) deployment; raise contract errors."""
 
 
-def _job_error(exc: BaseException) -> Exception | None:
+def _job_error(exc: BaseException | None) -> Exception | None:
     """Map an error raised by the family code to a contract error, by its envelope type."""
     if isinstance(exc, JobError) and exc.error_type == "ValidationError":
         return ValidationFailed(exc.public)
@@ -75,29 +75,25 @@ class ServeDispatcher:
         self._retry_after = retry_after
 
     async def run(self, family: str, gpu: str, job: Job, timeout: float) -> Result:
-        from ray import exceptions as ray_errors
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
         name = deployment_name(family, gpu)
-        response = self._handles[name].run.remote(job)
+        response = family_call(self._handles[name], getattr(job, "lora_model", None)).run.remote(job)
         try:
             return await asyncio.wait_for(response, timeout)
         except TimeoutError:
             response.cancel()
             raise Timeout(f"{name} did not finish within {timeout:g} s") from None
-        except BackPressureError:
-            raise Overloaded(f"{name} is at capacity; retry later", self._retry_after) from None
-        except DeploymentUnavailableError:
-            raise Overloaded(f"{name} is not available right now; retry later", self._retry_after) from None
-        except ray_errors.RayTaskError as exc:
-            mapped = _job_error(exc.cause) if exc.cause is not None else None
+        except Exception as exc:
+            kind = classify_ray_error(exc)
+            if kind == "overloaded":
+                raise Overloaded(f"{name} is at capacity or not available; retry later", self._retry_after) from None
+            mapped = _job_error(getattr(exc, "cause", None)) if kind == "job" else None
             if mapped is not None:
                 raise mapped from None
+            if kind in ("dead", "unknown"):
+                raise Overloaded(f"a {name} replica stopped while running the job; retry", self._retry_after) from None
             incident = new_incident()
-            log.exception("family deployment %s failed (incident %s)", name, incident)
+            log.error("family deployment %s failed (incident %s)", name, incident, exc_info=exc)
             raise ModelFailure(f"{name} failed while running the job (incident {incident})") from None
-        except (ray_errors.ActorDiedError, ray_errors.ActorUnavailableError, ray_errors.RayActorError):
-            raise Overloaded(f"a {name} replica stopped while running the job; retry", self._retry_after) from None
 
 
 class InProcessDispatcher:

@@ -48,10 +48,12 @@ async def build_job(
         control=app.control,
         return_control_image=bool(getattr(req, "return_control_image", False)),
         lora_model=req.lora_model or None,
-        lora_strength=req.lora_strength or None,
+        lora_strength=None if req.lora_strength in (None, "") else str(req.lora_strength),
         vae=req.vae or None,
         tomesd=bool(req.tomesd),
-        safety_checker=bool(req.safety_checker if req.safety_checker is not None else d.safety_checker),
+        # Left out: the app's default, or on when a treatment is named (naming one asks for the checker).
+        safety_checker=bool(req.safety_checker if req.safety_checker is not None
+                            else d.safety_checker or req.safety_checker_type is not None),
         safety_checker_type=req.safety_checker_type,
     )
     if spec.strength is not None:

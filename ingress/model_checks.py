@@ -24,6 +24,7 @@ from typing import Any
 from deployments.errors import InvalidJobError
 from deployments.job_rules import check_clip_skip, check_strength
 from deployments.pipelines.lora import LoraLibrary
+from deployments.pipelines.vae import VaeLibrary
 from deployments.schedulers import check_scheduler_options
 from deployments.types import ImageJob
 from ingress.contract.errors import ValidationFailed
@@ -46,7 +47,7 @@ def _well_formed(facts: Any) -> bool:
 class ModelFacts:
     """``info()`` of each family deployment, kept fresh in the background."""
 
-    def __init__(self, handles: dict[str, Any], wait_seconds: float = 3.0, refresh_seconds: float = 600.0):
+    def __init__(self, handles: dict[str, Any], wait_seconds: float = 3.0, refresh_seconds: float = 60.0):
         self._handles = handles
         self._wait = wait_seconds
         self._refresh = refresh_seconds
@@ -95,7 +96,18 @@ class ModelFacts:
 
 
 class _ListedLoras(LoraLibrary):
-    """The family's LoRA names as its ``info()`` lists them: the family's own parser, no directory."""
+    """The family's LoRAs as its ``info()`` lists them: the family's own parser and words."""
+
+    def __init__(self, names: list[str]):
+        self._listed = sorted(str(n) for n in names)
+        self.directory = Path()  # names only: no file is ever opened here
+
+    def names(self) -> list[str]:
+        return self._listed
+
+
+class _ListedVaes(VaeLibrary):
+    """The family's VAEs as its ``info()`` lists them: the family's own parser and words."""
 
     def __init__(self, names: list[str]):
         self._listed = sorted(str(n) for n in names)
@@ -103,19 +115,17 @@ class _ListedLoras(LoraLibrary):
     def names(self) -> list[str]:
         return self._listed
 
-    def path(self, name: str) -> Path:
-        if name not in self._listed:
-            raise InvalidJobError("lora_model", f"unknown LoRA {str(name)[:40]!r}; allowed: one of "
-                                                f"{', '.join(self._listed[:20]) or '(none)'}")
-        return Path(name)
-
 
 def _check_options(job: ImageJob, facts: dict[str, Any]) -> None:
+    """The family's option checks (``DiffusionModel.check_options``) on the names it listed."""
     if job.lora_model or job.lora_strength:
-        _ListedLoras(facts.get("loras") or []).parse(job.lora_model, job.lora_strength)
-    if job.vae and job.vae not in (facts.get("vaes") or []):
-        raise InvalidJobError("vae", f"unknown VAE {job.vae[:40]!r}; allowed: one of "
-                                     f"{', '.join(facts.get('vaes') or []) or '(none)'}")
+        if not facts.get("loras"):
+            raise InvalidJobError("lora_model", "this app has no LoRAs; omit lora_model")
+        _ListedLoras(facts["loras"]).parse(job.lora_model, job.lora_strength)
+    if job.vae:
+        if not facts.get("vaes"):
+            raise InvalidJobError("vae", "this app has no custom VAEs; omit vae")
+        _ListedVaes(facts["vaes"]).parse(job.vae)
     if job.safety_checker and facts.get("safety_checker") is False:
         raise InvalidJobError("safety_checker", "this app has no safety checker; send false")
 

@@ -166,7 +166,7 @@ class FamilyBase(Generic[J]):
         self.owner = replica_id()
         self.clock = StepClock()
         self._lock = asyncio.Lock()  # one job at a time on the event loop (waiting costs no thread)
-        self._model_lock = threading.Lock()  # and in threads: a cancelled request's thread may still run
+        self._model_lock = threading.RLock()  # and in threads: a cancelled request's thread may still run
         self._metrics = FamilyMetrics(self.kind)
 
     # -- hooks ------------------------------------------------------------
@@ -195,6 +195,16 @@ class FamilyBase(Generic[J]):
         return {}
 
     # -- running a job ----------------------------------------------------
+    async def _prepare(self, job: J) -> Any:
+        """``prepare`` with failures mapped as the model's own: a job error passes through,
+        anything else is a logged ``ModelError`` (not mistaken for an object-store outage)."""
+        try:
+            return await self.prepare(job)
+        except JobError:
+            raise
+        except Exception as exc:
+            raise model_error(exc, job) from exc
+
     def _produce(self, job: J, on_step: OnStep | None = None, prepared: Any = None) -> Any:
         """``produce`` under the model lock, with the step clock running; any failure
         other than the job's own errors becomes a logged ``ModelError``."""
@@ -233,7 +243,7 @@ class FamilyBase(Generic[J]):
         start = time.perf_counter()
         async with self._lock:
             gen_start = time.perf_counter()
-            prepared = await self.prepare(job)
+            prepared = await self._prepare(job)
             produced = await asyncio.to_thread(self._produce, job, None, prepared)
             gen_seconds = time.perf_counter() - gen_start
         outputs, meta = await asyncio.to_thread(self._store, job, produced)
@@ -305,7 +315,7 @@ class FamilyBase(Generic[J]):
         try:
             async with self._lock:
                 lease.check()
-                prepared = await self.prepare(job)
+                prepared = await self._prepare(job)
                 produced = await asyncio.to_thread(self._produce, job, lease.on_step, prepared)
             lease.check()
         except TaskStopped:

@@ -157,7 +157,7 @@ class DiffusionModel:
             raise InvalidJobError("safety_checker", "this app has no safety checker; send false")
         if job.safety_checker_type is not None and job.safety_checker_type not in TREATMENTS:
             raise InvalidJobError("safety_checker_type", f"allowed: one of {', '.join(TREATMENTS)}")
-        if job.return_control_image and job.task not in ("controlnet", "illusion"):
+        if job.return_control_image and "return_control_image" not in TASKS[job.task].options:
             raise InvalidJobError("return_control_image", "only ControlNet and Illusion apps have a control image")
         return lora
 
@@ -169,17 +169,16 @@ class DiffusionModel:
         if job.num_inference_steps < 1:
             raise InvalidJobError("num_inference_steps", "num_inference_steps must be at least 1")
         check_clip_skip(job.clip_skip, self.text_encoder_layers)
+        spec = TASKS[job.task]
+        for item in spec.inputs:
+            if item.required and getattr(job, item.job_attr) is None:
+                raise InvalidJobError(item.job_attr, f"{job.task} needs an input {item.job_attr}")
+        if spec.strength is not None and not 0.0 <= job.strength <= 1.0:
+            raise InvalidJobError("strength", "strength must be in 0..1")
+        check_strength(job.task, job.strength, job.num_inference_steps)
         if job.task in self.handlers:
             self.handlers[job.task].check(job)
-        if job.task in ("img2img", "inpaint"):
-            if job.image is None:
-                raise InvalidJobError("image", f"{job.task} needs an input image")
-            if not 0.0 <= job.strength <= 1.0:
-                raise InvalidJobError("strength", "strength must be in 0..1")
-            check_strength(job.task, job.strength, job.num_inference_steps)
-        if job.task == "inpaint" and job.mask is None:
-            raise InvalidJobError("mask", "inpaint needs a mask image")
-        if job.task == "text2img":
+        if not spec.inputs:
             factor = self.pipelines.vae_scale_factor
             for name in ("height", "width"):
                 value = getattr(job, name)
@@ -307,9 +306,10 @@ class DiffusionModel:
         """``(word:1.3)`` / ``[word]`` prompts become weighted embeddings (plain prompts stay text)."""
         from deployments.pipelines.prompt_weights import encode_weighted, has_weights
 
-        if not (has_weights(job.prompt) or has_weights(job.negative_prompt)):
+        prompt, negative = kwargs.get("prompt"), kwargs.get("negative_prompt")
+        if not (has_weights(prompt) or has_weights(negative)):
             return
-        embeds = encode_weighted(pipe, job.prompt, job.negative_prompt, clip_skip=job.clip_skip)
+        embeds = encode_weighted(pipe, prompt or "", negative, clip_skip=job.clip_skip)
         for name in ("prompt", "negative_prompt", "clip_skip"):
             kwargs.pop(name, None)
         kwargs.update(embeds)
@@ -391,7 +391,7 @@ class DiffusionFamily(FamilyBase[ImageJob]):
         logger.info("loading LoRA stack %s", stack_id, extra={"lora_stack": stack_id})
         self._stack_loads += 1
         return await asyncio.to_thread(load_stack, self.model.pipelines.text2img, self.model.options.loras,
-                                       stack_id.split(","))
+                                       stack_id.split(","), self._model_lock)
 
     def describe(self, prepared: Any) -> dict[str, str]:
         return {"lora_stack": "loaded" if prepared.fresh else "warm"} if prepared is not None else {}

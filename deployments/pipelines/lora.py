@@ -35,6 +35,7 @@ import re
 import weakref
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,10 @@ class LoraLibrary:
             raise InvalidJobError(
                 "lora_model", f"invalid LoRA name {str(name)[:40]!r}: use letters, digits, '_', '.', '-'"
             )
-        path = self.directory / f"{name}{SUFFIX}"
-        if path.parent != self.directory or not path.is_file():
-            raise InvalidJobError("lora_model", f"unknown LoRA {name!r}; {_allowed(self.names())}")
-        return path
+        names = self.names()
+        if name not in names:
+            raise InvalidJobError("lora_model", f"unknown LoRA {name!r}; {_allowed(names)}")
+        return self.directory / f"{name}{SUFFIX}"
 
     def parse(self, lora_model: str | None, lora_strength: str | float | None) -> LoraRequest | None:
         """Validate the two request fields; ``None`` when no LoRA is asked for."""
@@ -239,19 +240,24 @@ class LoadedStack:
             ...  # generate
     """
 
-    def __init__(self, pipe, library: LoraLibrary, names: Sequence[str]):
+    def __init__(self, pipe, library: LoraLibrary, names: Sequence[str], lock: AbstractContextManager | None = None):
         self._names: tuple[str, ...] = ()
+        # The replica's model lock: loading and unloading never overlap a generation, even one
+        # whose request was cancelled while its thread still runs (an RLock: a finalizer may
+        # run on the generating thread).
+        self._lock = lock if lock is not None else nullcontext()
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"a stack needs distinct names, got {list(names)}")
         acquired: list[str] = []
-        try:
-            for name in names:
-                _acquire(pipe, library, name)
-                acquired.append(name)
-        except BaseException:
-            unload(pipe, acquired)
-            raise
-        deactivate(pipe)  # loading activates the new adapter; leave the base weights on
+        with self._lock:
+            try:
+                for name in names:
+                    _acquire(pipe, library, name)
+                    acquired.append(name)
+            except BaseException:
+                unload(pipe, acquired)
+                raise
+            deactivate(pipe)  # loading activates the new adapter; leave the base weights on
         self.pipe = pipe
         self._names = tuple(names)
 
@@ -273,7 +279,8 @@ class LoadedStack:
         """Release this stack's adapters; later calls do nothing."""
         names, self._names = self._names, ()
         if names:
-            unload(self.pipe, names)
+            with self._lock:
+                unload(self.pipe, names)
 
     def __del__(self):
         try:
@@ -282,6 +289,8 @@ class LoadedStack:
             logger.exception("unloading LoRA stack %s failed", getattr(self, "_names", ()))
 
 
-def load_stack(pipe, library: LoraLibrary, names: Sequence[str]) -> LoadedStack:
-    """Load ``names`` into ``pipe`` (any of the pipelines sharing its modules)."""
-    return LoadedStack(pipe, library, names)
+def load_stack(
+    pipe, library: LoraLibrary, names: Sequence[str], lock: AbstractContextManager | None = None
+) -> LoadedStack:
+    """Load ``names`` into ``pipe`` (any of the pipelines sharing its modules), under ``lock``."""
+    return LoadedStack(pipe, library, names, lock)

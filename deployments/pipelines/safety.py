@@ -21,13 +21,14 @@ this value to create a stronger nsfw filter"): it is added to every score, which
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from deployments.errors import InvalidJobError
 
-TREATMENTS = ("blur", "pixelate", "black", "sensitive_content_text")
+SafetyTreatment = Literal["blur", "pixelate", "black", "sensitive_content_text"]
+TREATMENTS: tuple[str, ...] = get_args(SafetyTreatment)
 TEXT = "Sensitive content"
 PIXEL_BLOCKS = 16  # pixelate keeps ~1/16 of each side
 
@@ -109,12 +110,12 @@ class SafetyChecker:
     def treat(image: Image.Image, kind: str) -> Image.Image:
         """A new RGB image of the same size with ``image`` hidden by ``kind``."""
         if kind not in _TREAT:
-            raise InvalidJobError("safety_treatment", f"unknown treatment {kind!r}; use one of {', '.join(TREATMENTS)}")
+            raise InvalidJobError("safety_checker_type", f"unknown treatment {kind!r}; use one of {', '.join(TREATMENTS)}")
         return _TREAT[kind](image.convert("RGB"))
 
     def screen(self, images: list[Image.Image], kind: str) -> tuple[list[Image.Image], list[bool]]:
         """``check`` then ``treat`` the flagged images; unflagged ones are returned as given."""
         if kind not in _TREAT:
-            raise InvalidJobError("safety_treatment", f"unknown treatment {kind!r}; use one of {', '.join(TREATMENTS)}")
+            raise InvalidJobError("safety_checker_type", f"unknown treatment {kind!r}; use one of {', '.join(TREATMENTS)}")
         flags = self.check(images)
         return [self.treat(im, kind) if flag else im for im, flag in zip(images, flags)], flags

@@ -134,7 +134,7 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
         if field not in spec.options and getattr(req, field, None) not in (None, False, ""):
             problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not support it; omit it or send false")
     if req.safety_checker_type is not None and req.safety_checker is False:
-        problems.append("safety_checker_type: it applies only with safety_checker: true")
+        problems.append("safety_checker_type: it applies only with safety_checker: true (or left out)")
     taken = {i.field for i in spec.inputs}
     for item in spec.inputs:
         if item.required and not getattr(req, item.field, None):

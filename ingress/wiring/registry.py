@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.catalog import KINDS, TASKS, GpuType, route_tasks
+from deployments.catalog import KINDS, TASKS, GpuType, Preprocessor, route_tasks
 
 
 class _Strict(BaseModel):
@@ -117,9 +117,6 @@ class GpuPool(_Strict):
 
     def actor_options(self) -> dict[str, Any]:
         return {"resources": dict(self.resources), "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
-
-
-Preprocessor = Literal["canny", "depth", "openpose", "none"]
 
 
 class ControlNetConfig(_Strict):
@@ -328,6 +325,8 @@ def _check_components(app: AppConfig, components: FamilyComponents) -> None:
         raise ValueError(f"app {app.app_id}: `control` is only for ControlNet tasks")
     if spec.component == "ip_adapter" and components.ip_adapter is None:
         raise ValueError(f"app {app.app_id}: task {app.task} needs the family's ip_adapter")
+    if app.defaults.safety_checker and components.safety_checker is None:
+        raise ValueError(f"app {app.app_id}: defaults.safety_checker needs the family's safety_checker")
 
 
 class Registry:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import httpx
 import numpy as np
@@ -17,6 +18,7 @@ from tests.e2e.test_tasks import wait_for
 pytestmark = pytest.mark.e2e
 
 FAST = {"num_inference_steps": 2, "seed": 3}
+ROUTING_REPORT_SECONDS = 2.0
 CANNY, DEPTH, POSE = "ap-1us0FK21Ach6eiWxo22is8", "ap-WrXnJBXy23XpPh6IlH5tRX", "ap-a1b2c3d4e5f6g7h8i9j0kq"
 ILLUSION, VARIATION_SD15, VARIATION_SDXL = "ap-illusion-diffusion", "ap-sd15-variation", "ap-sdxl-variation"
 
@@ -135,6 +137,10 @@ def test_lora_stacks_route_to_the_replica_that_holds_them_and_the_lru_one_is_evi
         r = client.post("/getTextToImage", json={"app_id": LORA_APP, "lora_model": stack, "height": 256,
                                                  "width": 256, "num_inference_steps": 1})
         _ok(r)
+        if r.headers["x-studio-lora-stack"] == "loaded":
+            # A replica reports the stacks it holds to the routers through Serve's controller;
+            # give that report time to arrive before the next request is routed.
+            time.sleep(ROUTING_REPORT_SECONDS)
         return r.headers["x-studio-replica"], r.headers["x-studio-lora-stack"]
 
     first_replica, state = call(stacks[0])

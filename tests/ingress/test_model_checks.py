@@ -100,3 +100,30 @@ def test_facts_that_break_the_checks_never_become_a_500():
     broken = {"schedulers": {"PNDMScheduler": {"usable": True, "karras": "maybe", "algorithms": 7}},
               "default_scheduler": "PNDMScheduler", "text_encoder_layers": 4}
     check_job(job(algorithm_type="dpmsolver++"), broken)  # a TypeError inside is left to the family
+
+
+def test_option_pre_checks_say_what_the_family_says(tmp_path):
+    """The ingress refuses an async submit's LoRA or VAE in the family's own words."""
+    from deployments.errors import InvalidJobError
+    from deployments.pipelines.lora import LoraLibrary
+    from deployments.pipelines.vae import VaeLibrary
+    from deployments.types import ImageJob
+    from ingress.contract.errors import ValidationFailed
+    from ingress.model_checks import check_job
+
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "ink.safetensors").write_bytes(b"x")
+    (tmp_path / "vaes" / "soft").mkdir(parents=True)
+    (tmp_path / "vaes" / "soft" / "config.json").write_text("{}")
+    facts = {"loras": ["ink"], "vaes": ["soft"], "safety_checker": True}
+    cases = [({"lora_model": "nope"}, lambda: LoraLibrary(tmp_path / "loras").parse("nope", None)),
+             ({"lora_model": "../x"}, lambda: LoraLibrary(tmp_path / "loras").parse("../x", None)),
+             ({"lora_model": "ink", "lora_strength": "3"}, lambda: LoraLibrary(tmp_path / "loras").parse("ink", "3")),
+             ({"vae": "hard"}, lambda: VaeLibrary(tmp_path / "vaes").parse("hard"))]
+    for fields, family_check in cases:
+        job = ImageJob(task="text2img", tenant="t", request_id="r", **fields)
+        with pytest.raises(InvalidJobError) as family:
+            family_check()
+        with pytest.raises(ValidationFailed) as ingress:
+            check_job(job, {**FACTS, **facts})
+        assert ingress.value.message == f"{family.value.field}: {family.value.message}"

@@ -8,14 +8,13 @@ rejected later, in :mod:`ingress.contract.validation`, with a 422.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from deployments.catalog import MAX_SEED, GpuType
+from deployments.pipelines.safety import SafetyTreatment
 from deployments.schedulers import SchedulerName
-
-SafetyCheckerType = Literal["blur", "pixelate", "black", "sensitive_content_text"]
 
 MAX_PROMPT_CHARS = 4000
 
@@ -79,15 +78,15 @@ class GenerationRequest(BaseModel):
     lora_model: str | None = Field(
         None, max_length=1000, description="Comma-separated LoRA names (at most 5) from the app's list in `GET apps`."
     )
-    lora_strength: str | None = Field(
-        None, max_length=200, description="Comma-separated strengths 0.1..1: one per LoRA, or one for all; default 1."
+    lora_strength: Annotated[str, StringConstraints(max_length=200)] | Annotated[float, Field(ge=0.1, le=1)] | None = Field(
+        None, description="Comma-separated strengths 0.1..1 (or one number): one per LoRA, or one for all; default 1."
     )
     vae: str | None = Field(None, max_length=200, description="A VAE by name, from the app's list in `GET apps`.")
     tomesd: Flag | None = Field(None, description="Token merging (tomesd): faster, slightly different images; default false.")
     safety_checker: Flag | None = Field(
         None, description="Run the NSFW checker on the outputs; flagged images are treated and `meta.nsfw` says which."
     )
-    safety_checker_type: SafetyCheckerType | None = Field(
+    safety_checker_type: SafetyTreatment | None = Field(
         None, description="What the checker does to flagged images; default sensitive_content_text."
     )
     base64: Flag = Field(False, description="true: return images inline as data: URIs instead of URLs.")

@@ -208,3 +208,54 @@ def test_options_a_replica_cannot_honour_are_refused(sd15):
             run(sd15, safety_checker=True)
     finally:
         sd15_options.safety = saved
+
+
+# -- the replica's own machinery around the options ----------------------------------------
+
+
+def test_a_failure_while_preparing_a_job_is_the_models_not_the_stores(sd15, monkeypatch):
+    """A LoRA file gone missing fails the job as a ModelError (sync) — it is not an
+    object-store outage to retry."""
+    from deployments.errors import ModelError
+
+    async def broken(job):
+        raise FileNotFoundError("tiny-ink.safetensors")
+
+    monkeypatch.setattr(sd15, "prepare", broken)
+    with pytest.raises(ModelError) as err:
+        asyncio.run(sd15.run(job(lora_model="tiny-ink")))
+    assert "FileNotFoundError" not in err.value.public and "incident" in err.value.public
+
+
+def test_lora_loading_waits_for_a_generation_still_holding_the_model(sd15):
+    """A cancelled request's thread may still be generating: a stack loads (or unloads) only
+    once the model lock is free."""
+    import threading
+
+    from deployments.pipelines.lora import load_stack
+
+    done = threading.Event()
+    stacks = []
+
+    def load():
+        stacks.append(load_stack(sd15.model.pipelines.text2img, sd15.model.options.loras, ["tiny-sketch"],
+                                 sd15._model_lock))
+        done.set()
+
+    with sd15._model_lock:  # a generation under way
+        thread = threading.Thread(target=load)
+        thread.start()
+        assert not done.wait(1.0)
+    assert done.wait(30)
+    thread.join()
+    stacks[0].unload()
+
+
+def test_weighted_prompts_keep_a_tasks_default_negative_prompt(sd15, monkeypatch):
+    import deployments.pipelines.prompt_weights as weights
+
+    seen = []
+    real = weights.encode_weighted
+    monkeypatch.setattr(weights, "encode_weighted", lambda pipe, p, n, **kw: (seen.append(n), real(pipe, p, n, **kw))[1])
+    run(sd15, task="illusion", control="qrcode", image=square(), prompt="a (castle:1.3)")
+    assert seen == ["low quality"]

@@ -128,4 +128,4 @@ def test_every_treatment_keeps_size_and_mode(kind):
 def test_unknown_treatment_is_invalid(always):
     with pytest.raises(InvalidJobError) as err:
         always.screen([_known_image()], "sepia")
-    assert err.value.field == "safety_treatment"
+    assert err.value.field == "safety_checker_type"
