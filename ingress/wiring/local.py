@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (ingress/wiring/local.py)
 EMULATED_GPUS: dict[str, float] = {"a10g": 4, "a100": 4, "h100": 4}
 log = logging.getLogger("ingress.wiring.local")
 
