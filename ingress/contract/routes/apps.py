@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -29,12 +30,18 @@ def router(studio: Studio) -> APIRouter:
              responses=responses(studio.settings, 401, 500))
     async def list_apps(_: Tenant):
         apps = studio.registry.public()
-        for app in apps:  # what the loaded model offers: LoRAs, VAEs, a safety checker (null: not known yet)
-            facts = None
-            if studio.facts is not None:
-                facts = await studio.facts.get(deployment_name(app["family"], app["default_inference_type"]), wait=True)
+        # What the loaded models offer: LoRAs, VAEs, a safety checker (null: not known yet). Each
+        # deployment is asked once, all at once, so the wait is bounded by one facts timeout.
+        names = list(dict.fromkeys(deployment_name(a["family"], a["default_inference_type"]) for a in apps))
+        known: list[dict[str, Any] | None] = [None] * len(names)
+        if studio.facts is not None:
+            facts = studio.facts
+            known = list(await asyncio.gather(*(facts.get(name, wait=True) for name in names)))
+        by_name = dict(zip(names, known))
+        for app in apps:
+            facts_of = by_name[deployment_name(app["family"], app["default_inference_type"])]
             for name in ("loras", "vaes", "safety_checker"):
-                app[name] = facts.get(name) if facts is not None else None
+                app[name] = facts_of.get(name) if facts_of is not None else None
         return {"apps": apps}
 
     return api
