@@ -27,6 +27,7 @@ import logging
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -130,7 +131,7 @@ class FamilyMetrics:
             logger.debug("metric update failed", exc_info=True)
 
 
-class FamilyBase(Generic[J]):
+class FamilyBase(ABC, Generic[J]):
     """Serve deployment base for one model family on one GPU type.
 
     Plain class on purpose: ``ingress.wiring.builder`` applies ``serve.deployment``
@@ -174,13 +175,13 @@ class FamilyBase(Generic[J]):
         """Async work before the model runs, under the job lock (default: none)."""
         return None
 
+    @abstractmethod
     def produce(self, job: J, on_step: OnStep | None, prepared: Any = None) -> Any:
         """Run the model on ``job`` (blocking, under the model lock)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def package(self, job: J, produced: Any) -> tuple[list[Packaged], dict[str, Any]]:
         """Encode what ``produce`` returned: output files and the result's meta."""
-        raise NotImplementedError
 
     def loaded(self) -> bool:
         """Whether the model is in place (the health check)."""

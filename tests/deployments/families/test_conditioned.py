@@ -259,3 +259,19 @@ def test_weighted_prompts_keep_a_tasks_default_negative_prompt(sd15, monkeypatch
     monkeypatch.setattr(weights, "encode_weighted", lambda pipe, p, n, **kw: (seen.append(n), real(pipe, p, n, **kw))[1])
     run(sd15, task="illusion", control="qrcode", image=square(), prompt="a (castle:1.3)")
     assert seen == ["low quality"]
+
+
+def test_two_conditioned_jobs_at_once_each_get_their_own_result(sdxl):
+    """A ControlNet job and a variation job sent together: the replica runs one at a time
+    (the handlers share the UNet), and each answer is what the job alone gives."""
+    canny = job(task="controlnet", control="canny", image=square(), return_control_image=True, request_id="a")
+    variation = job(task="variation", image=square(), strength=0.7, request_id="b")
+
+    async def both():
+        return await asyncio.gather(sdxl.run(canny), sdxl.run(variation))
+
+    first, second = asyncio.run(both())
+    assert len(first.outputs) == 2 and first.meta["control_image"] and len(second.outputs) == 1
+    alone = run(sdxl, task="variation", image=square(), strength=0.7).images[0][0]
+    stored = Image.open(io.BytesIO(sdxl.store.get(second.outputs[0].key)))
+    assert not differs(stored, alone)

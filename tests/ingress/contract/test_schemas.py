@@ -25,6 +25,10 @@ EDGES = [
     ("negative_prompt", ["x" * 4000], ["x" * 4001], "0..4000 characters"),
     ("celery", [True, False, "yes", "no"], ["maybe", 3], "celery"),
     ("base64", [True, "yes", "no"], ["perhaps"], "base64"),
+    ("lora_model", ["a", "x" * 1000], ["x" * 1001], "lora_model"),
+    ("lora_strength", ["0.5,1", "x" * 200, 0.1, 1], ["x" * 201, 0.09, 1.01], "lora_strength"),
+    ("vae", ["v", "x" * 200], ["x" * 201], "0..200 characters"),
+    ("tomesd", [True, "no"], ["sometimes"], "tomesd"),
 ]
 
 
