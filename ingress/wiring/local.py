@@ -1,9 +1,12 @@
 """Run the service on its embedded default: a local Ray node with the three GPU
 types emulated as custom resources, the local object store, tiny models.
 
-    python -m ingress.wiring.local up [--port 8000] [--config serve_config.yaml]
+    python -m ingress.wiring.local up [--port 8000] [--config serve_config.yaml] [--metrics-port N]
 
-SIGHUP redeploys the application from the (re-read) config file.
+SIGHUP redeploys the application from the (re-read) config file. Ctrl-C (SIGINT) or
+SIGTERM stops the node at once, without draining replicas: async tasks are durable in
+the object store and resume on the next start; synchronous requests in flight lose
+their connection. A second Ctrl-C kills what is left immediately.
 
 The same code path serves the end-to-end tests and the benchmarks: it reads
 ``serve_config.yaml``, applies its runtime_env, and deploys the application
@@ -18,8 +21,11 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (ingress/wiring/local.py)
 EMULATED_GPUS: dict[str, float] = {"a10g": 4, "a100": 4, "h100": 4}
+#: How long a stop may take before what is left of the node is killed.
+STOP_SECONDS = 6.0
+#: How often Ray's processes export metrics to the node's metrics agent (Ray's default: 10 s).
+METRICS_REPORT_INTERVAL_MS = "2000"
 log = logging.getLogger("ingress.wiring.local")
 
 
@@ -87,8 +97,12 @@ def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: P
     return env
 
 
-def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: bool, name: str = "studio") -> None:
-    """Start Ray, deploy the app, print how to call it, and serve until stopped."""
+def up(
+    config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: bool, name: str = "studio",
+    metrics_port: int = 0,
+) -> None:
+    """Start Ray, deploy the app, print how to call it, and serve until stopped.
+    ``metrics_port`` 0: a free port, chosen now."""
     from ingress.wiring.secrets import SECRET_VARS, Secrets
 
     app = load_app_config(config_path, name)
@@ -114,6 +128,9 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ["RAY_AUTH_MODE"] != "token":
         log.warning("RAY_AUTH_MODE=%s: Ray's ports accept unauthenticated calls", os.environ["RAY_AUTH_MODE"])
+    # Serve's and the studio's metrics reach the node's Prometheus endpoint within ~2 s.
+    os.environ.setdefault("RAY_metrics_report_interval_ms", METRICS_REPORT_INTERVAL_MS)
+    metrics_port = metrics_port or free_port()
     import ray
     from ray import serve
 
@@ -122,7 +139,8 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
         resources=EMULATED_GPUS,
         include_dashboard=False,
         runtime_env={"env_vars": shared_env},
-        _node_ip_address="127.0.0.1",
+        _node_ip_address="127.0.0.1",  # also binds the metrics endpoint to 127.0.0.1
+        _metrics_export_port=metrics_port,
         logging_level=logging.WARNING,
         log_to_driver=os.environ.get("STUDIO_LOG_TO_DRIVER", "0") == "1",
     )
@@ -140,30 +158,130 @@ def up(config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: boo
         )
 
     deploy()
-    print_ready(port, found, data_dir)
+    print_ready(port, found, data_dir, metrics_port)
+    serve_until_stopped(deploy)
+
+
+def serve_until_stopped(deploy: Callable[[], None], stop_seconds: float = STOP_SECONDS) -> None:
+    """Serve until SIGINT/SIGTERM; SIGHUP redeploys. The main thread only waits, so a signal
+    is handled at once; deploys and the stop run in threads.
+
+    The stop does not drain Serve (``serve.shutdown()`` waits up to 30 s for the controller
+    and replicas): ``ray.shutdown()`` ends the node this process started. Past ``stop_seconds``,
+    or on a second SIGINT/SIGTERM, every process this launcher started is killed."""
+    import ray
+
     stop, reload = threading.Event(), threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    started: dict[int, str] = {}  # what runs when the stop begins: ray.shutdown() may orphan some
+
+    def on_stop(*_: object) -> None:
+        if stop.is_set():
+            kill_now(started)
+        stop.set()
 
     def on_hup(*_: object) -> None:
         reload.set()
-        stop.set()
 
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    while True:
-        stop.wait()
-        if not reload.is_set():
-            break
-        stop.clear()
-        reload.clear()
-        print("REDEPLOYING", flush=True)
+    deploying: threading.Thread | None = None
+    while not stop.wait(0.2):
+        if reload.is_set() and (deploying is None or not deploying.is_alive()):
+            reload.clear()
+            deploying = threading.Thread(target=_redeploy, args=(deploy, stop), name="redeploy", daemon=True)
+            deploying.start()
+    print("STOPPING", flush=True)
+    started.update(descendants(os.getpid()))
+    # A redeploy still running would call ray.init() once the node is gone, and that would
+    # start a new local node: point it at this one's (soon dead) address instead.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    stopper = threading.Thread(target=ray.shutdown, kwargs={"wait_for_processes": True}, name="stop", daemon=True)
+    stopper.start()
+    deadline = time.monotonic() + stop_seconds
+    while stopper.is_alive() and time.monotonic() < deadline:
+        stopper.join(0.1)  # short waits: the main thread stays free to take a second signal
+    if stopper.is_alive():
+        log.warning("Ray did not stop within %.0f s: killing its processes", stop_seconds)
+        kill_now(started)
+    _kill({**started, **descendants(os.getpid())})  # a worker whose raylet went first; anything started since
+    print("STOPPED", flush=True)
+
+
+def _redeploy(deploy: Callable[[], None], stop: threading.Event) -> None:
+    print("REDEPLOYING", flush=True)
+    try:
         deploy()  # a rolling update: every replica is replaced
-        print("REDEPLOYED", flush=True)
-    serve.shutdown()
-    ray.shutdown()
+    except Exception as exc:
+        if stop.is_set():
+            return  # the node is going away under the deploy
+        log.error("redeploy failed: %s", exc)
+        print("REDEPLOY FAILED", flush=True)
+        return
+    print("REDEPLOYED", flush=True)
 
 
-def print_ready(port: int, found: Any, data_dir: Path) -> None:
+def kill_now(started: dict[int, str]) -> None:
+    """SIGKILL every process this launcher started (Ray's and their workers, also those in
+    ``started`` that lost their parent), then exit."""
+    _kill({**started, **descendants(os.getpid())})
+    print("KILLED", flush=True)
+    os._exit(130)
+
+
+def _kill(processes: dict[int, str]) -> None:
+    """SIGKILL each (pid, start time) that still runs; a reused pid has another start time."""
+    for pid, start in processes.items():
+        if _start_time(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if fields is not None and fields[0] != "Z" else None
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Live processes below ``root``, each with its start time (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return {}
+    for entry in entries:
+        fields = _stat(entry)
+        if fields is not None and fields[0] != "Z":  # a zombie has exited; its parent reaps it
+            children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            found[pid] = start
+            todo.append(pid)
+    return found
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print_ready(port: int, found: Any, data_dir: Path, metrics_port: int) -> None:
     """Say how to call the service. Secrets are printed only when they are the development
     ones this launcher generated in ``data_dir``, never a configured key or secret."""
     from ingress.wiring.secrets import API_KEYS, API_KEYS_FILE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE
@@ -173,6 +291,7 @@ def print_ready(port: int, found: Any, data_dir: Path) -> None:
     dev_keys_file, dev_secret_file = data_dir / "dev-api-keys.json", data_dir / "dev-webhook-secrets.json"
     if API_KEYS not in found.env and found.env.get(API_KEYS_FILE) == str(dev_keys_file):
         key = next(iter(json.loads(dev_keys_file.read_text())))
+    print(f"METRICS http://127.0.0.1:{metrics_port}/metrics", flush=True)  # before READY: parsers stop there
     print(f"READY {base}", flush=True)
     print("Studio API is up (tiny random-weight models: images are noise).")
     if key != "<your key>":
@@ -187,7 +306,8 @@ def print_ready(port: int, found: Any, data_dir: Path) -> None:
         "\"seed\": 42}'",
         flush=True,
     )
-    print("Stop with Ctrl-C.", flush=True)
+    print(f"Health: curl -s {base}/get-status")
+    print("Stop with Ctrl-C (a second Ctrl-C kills at once).", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,9 +319,17 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--models-dir", type=Path, default=ROOT / ".models")
     run.add_argument("--data-dir", type=Path, default=ROOT / ".data")
     run.add_argument("--no-tiny", dest="tiny", action="store_false", help="do not write the tiny models")
+    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("STUDIO_METRICS_PORT") or 0),
+                     help="Prometheus endpoint of the node, on 127.0.0.1 (default: $STUDIO_METRICS_PORT, else a free port)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    up(args.config, args.port, args.models_dir.resolve(), args.data_dir.resolve(), args.tiny)
+    up(args.config, args.port, args.models_dir.resolve(), args.data_dir.resolve(), args.tiny, metrics_port=args.metrics_port)
+    # Ray is down. A redeploy thread cut short may still hold Ray's locks: exit without
+    # waiting on it or on Ray's atexit hook (ray.shutdown() already ran).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class LocalService:
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log: deque[str] = deque(maxlen=400)
+        self.metrics_url: str | None = None  # the node's Prometheus endpoint (the launcher's METRICS line)
 
     def start(self, timeout: float = 420) -> LocalService:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")}
@@ -61,6 +62,8 @@ class LocalService:
         def pump():
             for line in self.proc.stdout:
                 self.log.append(line.rstrip())
+                if line.startswith("METRICS "):  # printed before READY
+                    self.metrics_url = line.split(None, 1)[1].strip()
                 if line.startswith("READY "):
                     ready.set()
 
@@ -74,7 +77,7 @@ class LocalService:
         return self
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGTERM the launcher (it shuts Serve and Ray down), then SIGKILL whatever is
+        """SIGTERM the launcher (it stops its Ray node in seconds), then SIGKILL whatever is
         left of the session it leads: Ray workers sit in process groups of their own
         but keep the launcher's session id, so nothing else is touched."""
         if self.proc is None:
