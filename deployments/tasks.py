@@ -40,7 +40,7 @@ class TaskLease:
         self.tasks = tasks
         self.ref = ref
         self.owner = owner
-        self.record: TaskRecord | None = None  # as claimed
+        self.record: TaskRecord | None = None  # as claimed, then as finished
         self.progress = 0.0
         self.stop_reason: str | None = None
         self._renewed_at = time.monotonic()
@@ -150,6 +150,7 @@ class TaskLease:
             return None
         if record.terminal:
             self.tasks.settle(record)
+        self.record = record
         return record
 
     def give_up(self, note: str) -> None:

@@ -32,7 +32,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -76,18 +76,43 @@ def idempotency_key(tenant: str, key: str) -> str:
     return f"tenants/{tenant}/idempotency/{_digest(key)}.json"
 
 
-def queue_key(task_id: str, tenant: str, deployment: str, deadline_at: float | None = None) -> str:
-    """The marker's key carries what the coordinator needs: no read per task to scan."""
+DEFAULT_PRIORITY = 5
+MAX_PRIORITY = 9
+
+
+class QueueEntry(NamedTuple):
+    """What a queue marker's key says of its task."""
+
+    task_id: str
+    tenant: str
+    deployment: str
+    deadline_at: float | None = None
+    priority: int = DEFAULT_PRIORITY
+
+
+def queue_key(task_id: str, tenant: str, deployment: str, deadline_at: float | None = None,
+              priority: int = DEFAULT_PRIORITY) -> str:
+    """The marker's key carries what the coordinator needs: no read per task to scan.
+    ``{task_id}.{tenant}.{deployment}[.{deadline}][.p{priority}]``."""
     deadline = "" if deadline_at is None else f".{math.ceil(deadline_at)}"
-    return f"{QUEUE_PREFIX}{task_id}.{tenant}.{deployment}{deadline}"
+    rank = "" if priority == DEFAULT_PRIORITY else f".p{priority}"
+    return f"{QUEUE_PREFIX}{task_id}.{tenant}.{deployment}{deadline}{rank}"
 
 
-def parse_queue_key(key: str) -> tuple[str, str, str, float | None] | None:
-    """``(task_id, tenant, deployment, deadline_at)`` of a queue marker key (None if malformed)."""
+def parse_queue_key(key: str) -> QueueEntry | None:
+    """The :class:`QueueEntry` of a queue marker key (None if malformed)."""
     parts = key.removeprefix(QUEUE_PREFIX).split(".")
-    if len(parts) not in (3, 4) or not all(parts) or (len(parts) == 4 and not parts[3].isdigit()):
+    if not 3 <= len(parts) <= 5 or not all(parts):
         return None
-    return parts[0], parts[1], parts[2], float(parts[3]) if len(parts) == 4 else None
+    deadline, priority = None, DEFAULT_PRIORITY
+    for extra in parts[3:]:
+        if extra.isdigit() and deadline is None and priority == DEFAULT_PRIORITY:
+            deadline = float(extra)
+        elif len(extra) == 2 and extra[0] == "p" and extra[1].isdigit():
+            priority = int(extra[1])
+        else:
+            return None
+    return QueueEntry(parts[0], parts[1], parts[2], deadline, priority)
 
 
 def outbox_key(task_id: str, tenant: str) -> str:
@@ -134,6 +159,8 @@ class TaskRecord(BaseModel):
         None, description="The holder's promise: it writes again within this long, or may be presumed lost."
     )
     deadline_at: float | None = Field(None, description="Unix time after which the task fails with Timeout.")
+    priority: int = Field(DEFAULT_PRIORITY, ge=0, le=MAX_PRIORITY,
+                          description="0..9, higher first among its tenant's queued tasks.")
     payload_key: str | None = Field(None, description="The job payload this task was created with.")
     write_token: str | None = Field(None, description="Who wrote this version: one token per update call.")
     cancel_requested: bool = False
@@ -214,7 +241,7 @@ class TaskStore:
         payload = {"job": job, "inputs": keys, "webhook": webhook}
         record.payload_key = f"{prefix}job.json"
         self.store.put(record.payload_key, json.dumps(payload).encode(), "application/json")
-        self.store.put(queue_key(tid, t, record.deployment, record.deadline_at), b"", "application/octet-stream")
+        self.store.put(queue_key(tid, t, record.deployment, record.deadline_at, record.priority), b"", "application/octet-stream")
         record.move("PENDING", "submitted", record.created_at)
         created, current = self._create_or_read(record_key(t, tid), record.model_dump_json().encode())
         if not created:
@@ -283,8 +310,8 @@ class TaskStore:
         except (ObjectNotFound, ValueError, KeyError):
             return None
 
-    def queued(self) -> list[tuple[ObjectInfo, tuple[str, str, str, float | None]]]:
-        """Markers of unfinished tasks, oldest first: ``(info, (task_id, tenant, deployment, deadline_at))``."""
+    def queued(self) -> list[tuple[ObjectInfo, QueueEntry]]:
+        """Markers of unfinished tasks, oldest first: ``(info, entry)``."""
         found = []
         for info in self.store.list(QUEUE_PREFIX):
             parsed = parse_queue_key(info.key)
@@ -339,7 +366,7 @@ class TaskStore:
         is still there (its writer died before settling). The webhook is queued only while
         the marker exists, so a settle that comes after the marker went (after the webhook
         may have been delivered) never queues it a second time."""
-        marker = queue_key(record.task_id, record.tenant, record.deployment, record.deadline_at)
+        marker = queue_key(record.task_id, record.tenant, record.deployment, record.deadline_at, record.priority)
         payload = self.payload(record) or {}
         if record.webhook and self.store.exists(marker):
             entry = {"tenant": record.tenant, "task_id": record.task_id, "url": payload.get("webhook"),

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, new_incident
+from deployments.metrics import STUDIO_METRICS
 from deployments.types import Job, Output, Result, TaskRef, job_from_payload, payload_images
 
 if TYPE_CHECKING:
@@ -101,36 +102,6 @@ class StepClock:
         return 0.0 if self.busy_since is None else time.monotonic() - self.last_step
 
 
-class FamilyMetrics:
-    """Per-kind Serve metrics; a no-op if ``ray.serve.metrics`` is unavailable."""
-
-    def __init__(self, kind: str) -> None:
-        self.seconds = self.outputs = None
-        try:
-            from ray.serve import metrics
-
-            self.seconds = metrics.Histogram(
-                f"studio_{kind}_generation_seconds",
-                description="Seconds spent producing one job (model time, without upload).",
-                boundaries=[0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80],
-                tag_keys=("task",),
-            )
-            self.outputs = metrics.Counter(
-                f"studio_{kind}_outputs_total", description="Output files produced.", tag_keys=("task",)
-            )
-        except Exception:  # pragma: no cover - metrics are best effort
-            logger.debug("ray.serve.metrics unavailable; metrics disabled", exc_info=True)
-
-    def record(self, task: str, seconds: float, outputs: int) -> None:
-        try:
-            if self.seconds is not None:
-                self.seconds.observe(seconds, tags={"task": task})
-            if self.outputs is not None:
-                self.outputs.inc(outputs, tags={"task": task})
-        except Exception:  # pragma: no cover
-            logger.debug("metric update failed", exc_info=True)
-
-
 class FamilyBase(ABC, Generic[J]):
     """Serve deployment base for one model family on one GPU type.
 
@@ -168,7 +139,6 @@ class FamilyBase(ABC, Generic[J]):
         self.clock = StepClock()
         self._lock = asyncio.Lock()  # one job at a time on the event loop (waiting costs no thread)
         self._model_lock = threading.RLock()  # and in threads: a cancelled request's thread may still run
-        self._metrics = FamilyMetrics(self.kind)
 
     # -- hooks ------------------------------------------------------------
     async def prepare(self, job: J) -> Any:
@@ -249,7 +219,7 @@ class FamilyBase(ABC, Generic[J]):
             gen_seconds = time.perf_counter() - gen_start
         outputs, meta = await asyncio.to_thread(self._store, job, produced)
         run_seconds = time.perf_counter() - start
-        self._metrics.record(job.task, gen_seconds, len(outputs))
+        STUDIO_METRICS.run(self.family, self.gpu, job.task, gen_seconds)
         logger.info(
             "job done request_id=%s task=%s outputs=%d generation_seconds=%.3f run_seconds=%.3f",
             job.request_id, job.task, len(outputs), gen_seconds, run_seconds,
@@ -286,8 +256,14 @@ class FamilyBase(ABC, Generic[J]):
                            ref.attempt, exc_info=True)
             return "retry"
         lease.start()
+        record = lease.record
+        assert record is not None  # a won claim holds the record it wrote
+        STUDIO_METRICS.queue_wait(record.app_id, self.family, self.gpu, record.tenant,
+                                  (record.started_at or time.time()) - record.created_at)
+        outcome = "lost"
         try:
-            return await self._run_claimed(ref, lease)
+            outcome = await self._run_claimed(ref, lease)
+            return outcome
         except asyncio.CancelledError:
             lease.stop_reason = lease.stop_reason or "lost"  # the thread stops at its next step
             raise
@@ -298,13 +274,23 @@ class FamilyBase(ABC, Generic[J]):
                              incident, exc_info=exc)
                 await asyncio.to_thread(lease.give_up, f"attempt {ref.attempt} could not reach the object store "
                                                        f"(incident {incident}); retrying")
-                return "retry"
+                outcome = "retry"
+                return outcome
             logger.error("task %s attempt %d failed in the worker (incident %s)", ref.task_id, ref.attempt, incident,
                          exc_info=exc)
             await asyncio.to_thread(lease.fail, "InternalError", f"the task failed on its worker (incident {incident})")
-            return "FAILURE"
+            outcome = "FAILURE"
+            return outcome
         finally:
             lease.stop()
+            ended = {"SUCCESS": "SUCCESS", "FAILURE": "FAILURE", "revoked": "REVOKED"}.get(outcome)
+            if ended is not None:
+                final = lease.record
+                STUDIO_METRICS.task_result(record.app_id, self.family, self.gpu, record.tenant, ended,
+                                           final.error if final is not None else None)
+                if ended == "SUCCESS" and final is not None:
+                    STUDIO_METRICS.images({"app_id": record.app_id, "family": self.family, "gpu": self.gpu,
+                                           "tenant": record.tenant}, len(final.output_keys))
 
     async def _run_claimed(self, ref: TaskRef, lease) -> str:
         job = await asyncio.to_thread(self._load_job, lease.record, ref.attempt)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ingress.contract.envelopes import install_handlers
-from ingress.contract.routes import apps, files, generation, tasks
+from ingress.contract.metrics import RequestMetrics
+from ingress.contract.routes import apps, files, generation, health, tasks
 from ingress.contract.routes.context import BodyReader, Studio
 
 __all__ = ["PREFIX", "Studio", "create_api"]
@@ -22,7 +23,7 @@ _DESCRIPTION = """\
 Text to image, image to image, inpainting, ControlNet, Illusion Diffusion and image
 variation on Ray Serve.
 
-Every route but `files` needs `Authorization: Bearer <api key>`. Every answer but a
+Every route but `files` and `get-status` needs `Authorization: Bearer <api key>`. Every answer but a
 file is the JSON envelope (`time_required`, `error`, `error_data`, `input`, `output`,
 `app_id`, `task_id`, `status`, `meta`, ...); an error sets `error` to its type and
 `error_data` to what was refused and why. `app_id` lists the apps of this deployment
@@ -35,9 +36,11 @@ def create_api(studio: Studio) -> FastAPI:
     api = FastAPI(title="Studio generation API", version="1", description=_DESCRIPTION)
     api.state.keys = studio.keys  # read by ingress.contract.auth.tenant_of_request
     install_handlers(api)
+    api.add_middleware(RequestMetrics, prefix=PREFIX)
     read_body = BodyReader(studio.settings)
     api.include_router(generation.router(studio, read_body), prefix=PREFIX)
     api.include_router(tasks.router(studio, read_body), prefix=PREFIX)
     api.include_router(apps.router(studio), prefix=PREFIX)
     api.include_router(files.router(studio), prefix=PREFIX)
+    api.include_router(health.router(studio), prefix=PREFIX)
     return api

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingress.contract.errors import StudioError
+from ingress.contract.metrics import label_error
 from ingress.contract.schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,13 @@ def install_handlers(api: FastAPI) -> None:
     """Route every error through the envelope; never leak a traceback."""
 
     @api.exception_handler(StudioError)
-    async def _studio(_: Request, exc: StudioError):
+    async def _studio(request: Request, exc: StudioError):
+        label_error(request, exc.error_type)
         return error_response(exc.error_type, exc.message, exc.status_code, exc.headers)
 
     @api.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError):
+        label_error(request, "ValidationError")
         fields = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
         return error_response("ValidationError", fields, 422)
 
@@ -43,7 +46,8 @@ def install_handlers(api: FastAPI) -> None:
         return error_response(kind, str(exc.detail), exc.status_code, getattr(exc, "headers", None))
 
     @api.exception_handler(Exception)
-    async def _bug(_: Request, exc: Exception):
+    async def _bug(request: Request, exc: Exception):
+        label_error(request, "InternalError")
         incident = uuid.uuid4().hex[:12]
         log.exception("unhandled error (incident %s)", incident)
         return error_response("InternalError", f"an internal error occurred (incident {incident})", 500)

@@ -82,3 +82,15 @@ class RequestTimeout(StudioError):
 
     error_type = "RequestTimeout"
     status_code = 408
+
+
+class QuotaExceeded(StudioError):
+    """The tenant is over one of its quotas; retry after ``retry_after`` seconds."""
+
+    error_type = "QuotaExceeded"
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}

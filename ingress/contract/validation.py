@@ -130,6 +130,8 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
         problems.append("webhook: webhooks are sent for async tasks; send celery: true with it")
     if req.reference_id and not req.celery:
         problems.append("reference_id: only async tasks (celery: true) take a reference_id")
+    if req.priority is not None and not req.celery:
+        problems.append("priority: only async tasks (celery: true) are queued by priority")
     for field in _TASK_OPTIONS:
         if field not in spec.options and getattr(req, field, None) not in (None, False, ""):
             problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not support it; omit it or send false")

@@ -6,9 +6,12 @@ Three independent loops, so that no one of them can stall the others:
 * **dispatch** (every ``poll_seconds``, and at once when the ingress kicks it)
   lists the queue markers of unfinished tasks and, with compare-and-swap
   updates, dispatches ``PENDING`` tasks through the family's
-  ``DeploymentHandle`` (Serve's own routing and queues; a full queue leaves the
-  task ``PENDING`` in the store, so what waits in memory is bounded by
-  ``max_queued_requests``); re-dispatches a task whose worker is gone, up to
+  ``DeploymentHandle`` (Serve's own routing), at most as many per family
+  deployment as its running replicas take at once (``max_ongoing_requests``
+  each): the rest waits in the store, where the next pick is fair across
+  tenants (:mod:`ingress.tasks.fairness`) and the backlog is published to
+  Serve's autoscaler (:mod:`deployments.autoscaling`); a full deployment leaves
+  the task ``PENDING``; re-dispatches a task whose worker is gone, up to
   ``max_attempts``, then fails it ("quarantined"); fails a task the job itself
   failed on without retrying it; and fails every task past its deadline
   (``Timeout``), running or not.
@@ -30,14 +33,19 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from typing import Any
 
+from deployments.autoscaling import publish_queue_depth
 from deployments.errors import new_incident
+from deployments.metrics import STUDIO_METRICS
 from deployments.replica_net import bind_replica_grpc_to_node_ip
 from deployments.types import TaskRef
 from ingress.dispatch import classify_ray_error, family_call
 from ingress.inputs import FetchLimits
 from ingress.jobs import webhook_fingerprint
+from ingress.tasks.fairness import FairShare
+from ingress.tasks.quotas import Refusal, TenantQuotas
 from ingress.tasks.service import task_envelope
 from ingress.wiring.settings import IngressSettings
 from storage.base import ObjectNotFound, ObjectStore, PreconditionFailed
@@ -45,6 +53,7 @@ from storage.factory import open_store
 from storage.settings import StorageSettings
 from storage.tasks import (
     OUTBOX_PREFIX,
+    QueueEntry,
     TaskRecord,
     TaskStore,
     dead_letter_key,
@@ -56,7 +65,7 @@ log = logging.getLogger(__name__)
 
 DISPATCH_LEASE_SECONDS = 60.0  # time a dispatched task may wait before a worker claims it
 ORPHAN_MARKER_SECONDS = 60.0
-DISPATCH_WINDOW = 32  # attempts in flight per deployment; Serve's own queue bounds beyond that
+REPLICA_REFRESH_SECONDS = 2.0  # how often the running replicas per deployment are read from Serve
 RETENTION_SWEEP_SECONDS = 600.0
 LOCK_PRUNE_AGE_SECONDS = 3600.0
 
@@ -64,7 +73,9 @@ LOCK_PRUNE_AGE_SECONDS = 3600.0
 class TaskCoordinator:
     """Plain class; ``ingress.wiring.builder`` binds it as a one-replica deployment."""
 
-    def __init__(self, handles: dict[str, Any], *, start_loop: bool = True):
+    def __init__(self, handles: dict[str, Any], deployments: dict[str, dict[str, Any]] | None = None, *,
+                 start_loop: bool = True):
+        """``deployments``: per family deployment, its ``family``, ``gpu`` and ``max_ongoing_requests``."""
         bind_replica_grpc_to_node_ip()
         self.settings = IngressSettings()
         storage = StorageSettings()
@@ -91,6 +102,12 @@ class TaskCoordinator:
         self._wake = asyncio.Event()
         self._start_loop = start_loop
         self._loops: dict[str, asyncio.Task] = {}
+        self.deployments = deployments or {}
+        self.fair = FairShare(lambda tenant: self.settings.quota(tenant)[2])
+        self.quotas = TenantQuotas(lambda tenant: self.settings.quota(tenant)[:2], time.time)
+        self._replicas: dict[str, int] = {}
+        self._replicas_at = -float("inf")
+        self._backlog: dict[str, int] = {}  # deployment -> tasks waiting in the store at the last scan
 
     def _ensure_loop(self) -> None:
         """Start the loops on the replica's event loop (first call, or after one crashed)."""
@@ -104,10 +121,21 @@ class TaskCoordinator:
 
     # -- public methods (called through the handle) -------------------------
     async def kick(self, tenant: str, task_id: str, deployment: str) -> None:
-        """A new task was written: dispatch it now rather than at the next poll."""
+        """A new task was written: dispatch it now if nothing waits before it, else
+        scan now (the scan picks fairly among everything waiting)."""
         self._ensure_loop()
-        if self._has_room(deployment):
+        if not self._backlog.get(deployment) and self._has_room(deployment):
             self._start(tenant, task_id, deployment)
+        else:
+            self._wake.set()
+
+    async def admit(self, tenant: str, images: int, task: bool) -> Refusal | None:
+        """Count a job against ``tenant``'s quotas (:mod:`ingress.tasks.quotas`), or refuse it."""
+        self._ensure_loop()
+        refusal = self.quotas.admit(tenant, images, task)
+        if refusal is not None:
+            STUDIO_METRICS.quota_rejection(tenant, refusal.quota)
+        return refusal
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds; it also (re)starts the loops."""
@@ -149,29 +177,71 @@ class TaskCoordinator:
         return task
 
     async def tick(self) -> None:
-        """One scan of the unfinished tasks: time out the late ones, dispatch the rest."""
+        """One scan of the unfinished tasks: time out the late ones, dispatch the rest in
+        fair order while their deployments have room, publish the backlog."""
+        listed_at = time.time()
+        queued = await asyncio.to_thread(self.tasks.queued)
+        await self._refresh_replicas()
         now = time.time()
-        live = set()
-        for info, (task_id, tenant, deployment, deadline) in await asyncio.to_thread(self.tasks.queued):
-            live.add(task_id)
-            if deadline is not None and now > deadline:
-                if task_id not in self._timing_out:
-                    self._timing_out.add(task_id)
-                    self._spawn(self._time_out(tenant, task_id, info.key, now - info.last_modified))
+        live: set[str] = set()
+        waiting: dict[str, list[QueueEntry]] = {}
+        markers: dict[str, tuple[str, float]] = {}
+        unfinished: Counter[str] = Counter()
+        for info, entry in queued:
+            live.add(entry.task_id)
+            unfinished[entry.tenant] += 1
+            if entry.deadline_at is not None and now > entry.deadline_at:
+                if entry.task_id not in self._timing_out:
+                    self._timing_out.add(entry.task_id)
+                    self._spawn(self._time_out(entry.tenant, entry.task_id, info.key, now - info.last_modified))
                 continue
-            if task_id in self.inflight or not self._has_room(deployment):
+            if entry.task_id in self.inflight:
                 continue
-            self._start(tenant, task_id, deployment, marker=info.key, marker_age=now - info.last_modified)
+            waiting.setdefault(entry.deployment, []).append(entry)
+            markers[entry.task_id] = (info.key, now - info.last_modified)
+        self.quotas.scanned(unfinished, listed_at)
+        for deployment, entries in waiting.items():
+            for entry in self.fair.pick(deployment, entries, self._room(deployment)):
+                key, age = markers[entry.task_id]
+                self._start(entry.tenant, entry.task_id, deployment, marker=key, marker_age=age)
+        self._backlog = {d: sum(1 for e in entries if e.task_id not in self.inflight) for d, entries in waiting.items()}
         for task_id in set(self._seen) - live:
             self._seen.pop(task_id, None)
         self._timing_out &= live
+        await self._publish(queued)
+
+    async def _publish(self, queued: list[tuple[Any, QueueEntry]]) -> None:
+        """The backlog per deployment to Serve's autoscaler, and the task gauges."""
+        depths = {d: self._backlog.get(d, 0) for d in set(self.deployments) | set(self._backlog)}
+        try:
+            await asyncio.to_thread(publish_queue_depth, depths)
+        except Exception:
+            log.warning("could not publish the queue depth", exc_info=True)
+        STUDIO_METRICS.task_gauges(queued, set(self.inflight), self.deployments, depths)
+
+    async def _refresh_replicas(self) -> None:
+        """Running replicas per family deployment, from Serve's status (every few seconds)."""
+        if time.monotonic() - self._replicas_at < REPLICA_REFRESH_SECONDS or not self.deployments:
+            return
+        self._replicas_at = time.monotonic()
+        try:
+            self._replicas = await asyncio.to_thread(_running_replicas, set(self.deployments))
+        except Exception:
+            log.debug("replica counts unavailable; keeping the last ones", exc_info=True)
+
+    def _room(self, deployment: str) -> int:
+        """Attempts ``deployment`` may get now: what its running replicas take at once
+        (one replica's worth while it scales from zero, so Serve sees the demand), minus
+        those in flight; none right after it answered "full"."""
+        if self._full_until.get(deployment, 0) > time.time():
+            return 0
+        per_replica = int(self.deployments.get(deployment, {}).get("max_ongoing_requests", 1))
+        capacity = max(1, self._replicas.get(deployment, 1)) * per_replica
+        in_flight = sum(1 for d in self._inflight_deployment.values() if d == deployment)
+        return max(0, capacity - in_flight)
 
     def _has_room(self, deployment: str) -> bool:
-        """Whether ``deployment`` may get another attempt now: it did not just answer
-        "full", and fewer than ``DISPATCH_WINDOW`` of its attempts are in flight."""
-        if self._full_until.get(deployment, 0) > time.time():
-            return False
-        return sum(1 for d in self._inflight_deployment.values() if d == deployment) < DISPATCH_WINDOW
+        return self._room(deployment) > 0
 
     def _start(self, tenant: str, task_id: str, deployment: str, marker: str | None = None,
                marker_age: float = 0.0) -> None:
@@ -242,6 +312,8 @@ class TaskCoordinator:
             return None
 
         record, written = self.tasks.apply(tenant, task_id, change)
+        if written:
+            self._ended(record)  # revoked or quarantined here
         taken = written and record is not None and not record.terminal
         return (record.attempts if taken and record is not None else None), record
 
@@ -279,6 +351,13 @@ class TaskCoordinator:
                 self._full_until[record.deployment] = time.time() + self.settings.coordinator_poll_seconds * 0.9
             return again
 
+    @staticmethod
+    def _ended(record: TaskRecord | None) -> None:
+        """Count a task this replica moved to a terminal state."""
+        if record is not None and record.terminal:
+            STUDIO_METRICS.task_result(record.app_id, record.family, record.gpu, record.tenant, record.status,
+                                       record.error)
+
     def _finish_failed(self, record: TaskRecord, attempt: int, error: str, message: str) -> None:
         def change(r: TaskRecord):
             if r.terminal or r.attempts != attempt:
@@ -286,7 +365,9 @@ class TaskCoordinator:
             r.fail(error, message)
             return None
 
-        updated = self.tasks.update(record.tenant, record.task_id, change)
+        updated, written = self.tasks.apply(record.tenant, record.task_id, change)
+        if written:
+            self._ended(updated)
         if updated is not None and updated.terminal:
             self.tasks.settle(updated)
 
@@ -359,6 +440,7 @@ class TaskCoordinator:
 
         record, changed = self.tasks.apply(tenant, task_id, change)
         if changed and record is not None:
+            self._ended(record)
             self.tasks.settle(record)
         return record, changed
 
@@ -431,6 +513,8 @@ class TaskCoordinator:
         result = await deliver(entry["url"], body, headers, policy, self.limits)
         entry["attempts"] = entry.get("attempts", 0) + 1
         entry["last"] = {"status": result.status, "error": result.error, "at": time.time()}
+        outcome = "ok" if result.ok else "retry" if result.retryable and entry["attempts"] < policy.max_attempts else "dead"
+        STUDIO_METRICS.webhook(tenant, outcome)
         if result.ok:
             await asyncio.to_thread(self.store.delete, key)
             self._webhook_not_before.pop(key, None)
@@ -479,3 +563,16 @@ class TaskCoordinator:
         if removed:
             log.info("retention: deleted %d objects", removed)
         return removed
+
+
+def _running_replicas(names: set[str]) -> dict[str, int]:
+    """Running replicas of the named deployments of the ``studio`` application (blocking)."""
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    counts: dict[str, int] = {}
+    for app in serve.status().applications.values():
+        for name, dep in app.deployments.items():
+            if name in names:
+                counts[name] = int(dep.replica_states.get(ReplicaState.RUNNING, 0))
+    return counts

@@ -15,6 +15,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from deployments.autoscaling import POLICY_PATH
 from deployments.catalog import KINDS, deployment_name
 from ingress.tasks.coordinator import TaskCoordinator
 from ingress.wiring.deployment import StudioIngress
@@ -40,7 +41,7 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
     for family_name, gpu in config.deployment_keys():
         family = config.families[family_name]
         name = deployment_name(family_name, gpu)
-        options = family.options_for(gpu).serve_options()
+        options = with_queue_policy(family.options_for(gpu).serve_options())
         # deployment_keys() types the GPU as str; it is a validated key of gpu_pools (issue 7: type it GpuType).
         pool = config.gpu_pools[gpu]
         # serve.deployment(options)(cls): the same call as serve.deployment(cls, options), typed as a Deployment.
@@ -60,6 +61,27 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
             **_kind_args(config, family_name, models_dir),
         )
     return bound
+
+
+def with_queue_policy(options: dict[str, Any]) -> dict[str, Any]:
+    """An autoscaled family deployment scales on its async backlog too
+    (:class:`deployments.autoscaling.QueueDepthPolicy`) unless its config names a policy."""
+    scaling = options.get("autoscaling_config")
+    if scaling is None or scaling.get("policy"):
+        return options
+    return {**options, "autoscaling_config": {**scaling, "policy": {"policy_function": POLICY_PATH}}}
+
+
+def coordinator_view(config: ServiceConfig) -> dict[str, dict[str, Any]]:
+    """What the coordinator knows of each family deployment: its family, GPU type and
+    how many requests one replica takes at once."""
+    return {
+        deployment_name(family, gpu): {
+            "family": family, "gpu": gpu,
+            "max_ongoing_requests": config.families[family].options_for(gpu).max_ongoing_requests,
+        }
+        for family, gpu in config.deployment_keys()
+    }
 
 
 def _kind_args(config: ServiceConfig, family_name: str, models_dir) -> dict[str, Any]:
@@ -82,11 +104,11 @@ def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Applicati
         num_replicas=1,
         max_ongoing_requests=1000,
         health_check_period_s=2,
-        ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_coordinator()),
-    )(TaskCoordinator).bind(families)
+        ray_actor_options=_with_env(config.control_pool.actor_options(), secrets.for_coordinator()),
+    )(TaskCoordinator).bind(families, coordinator_view(config))
     ingress = serve.deployment(
         name="ingress",
-        ray_actor_options=_with_env({"num_cpus": 0}, secrets.for_ingress()),
+        ray_actor_options=_with_env(config.control_pool.actor_options(), secrets.for_ingress()),
         **config.ingress.serve_options(),
     )(serve.ingress()(StudioIngress))
     return ingress.bind(config.model_dump(mode="json"), families, coordinator)

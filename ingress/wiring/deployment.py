@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from deployments.replica_net import bind_replica_grpc_to_node_ip
+from ingress.admission import Admission
 from ingress.contract.api import Studio, create_api
 from ingress.contract.auth import KeyRing
 from ingress.dispatch import ServeDispatcher
@@ -47,6 +48,7 @@ class StudioIngress:
             url_expiry_seconds=storage.url_expiry_seconds,
             tasks=tasks,
             facts=ModelFacts(handles),
+            admission=Admission(coordinator, settings) if coordinator is not None else None,
         )
         log.info("ingress ready", extra={"apps": len(self.studio.registry.apps), "keys": len(self.studio.keys)})
 

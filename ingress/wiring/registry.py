@@ -99,6 +99,17 @@ class DeploymentOptions(_Strict):
     def _scaling(self) -> DeploymentOptions:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("give `num_replicas` or `autoscaling_config`, not both")
+        if self.autoscaling_config is not None:
+            from ray.serve.config import AutoscalingConfig
+
+            unknown = sorted(set(self.autoscaling_config) - set(AutoscalingConfig.model_fields))
+            if unknown:
+                raise ValueError(f"autoscaling_config: unknown option(s) {', '.join(unknown)}; Serve's are "
+                                 f"{', '.join(sorted(AutoscalingConfig.model_fields))}")
+            try:  # Serve's own model: min/max replicas, target_ongoing_requests, delays, policy
+                AutoscalingConfig(**self.autoscaling_config)
+            except Exception as exc:  # pydantic's message names the field and its bound
+                raise ValueError(f"autoscaling_config: {exc}") from None
         return self
 
     def serve_options(self) -> dict[str, Any]:
@@ -117,6 +128,19 @@ class GpuPool(_Strict):
 
     def actor_options(self) -> dict[str, Any]:
         return {"resources": dict(self.resources), "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
+
+
+class ControlPool(_Strict):
+    """How the ingress and the coordinator are placed: a custom resource of a CPU pool, if any."""
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    num_cpus: float = Field(0, ge=0)
+
+    def actor_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
 
 
 class ControlNetConfig(_Strict):
@@ -255,6 +279,10 @@ class ServiceConfig(_Strict):
     families: dict[str, FamilyConfig]
     apps: list[AppConfig] = Field(min_length=1)
     ingress: IngressOptions = IngressOptions()
+    control_pool: ControlPool = Field(
+        default_factory=lambda: ControlPool(),
+        description="Where the ingress and the task coordinator run (e.g. a CPU node group's custom resource).",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> ServiceConfig:

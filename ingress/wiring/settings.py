@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TenantQuota(BaseModel):
+    """One tenant's overrides of the default quotas, and its share of the GPUs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tasks: int | None = Field(None, ge=0, description="Unfinished async tasks at once; 0: no limit.")
+    images_per_minute: int | None = Field(None, ge=0, description="Images requested per minute; 0: no limit.")
+    weight: float = Field(1.0, gt=0, le=1000, description="Share of each family's queue against other tenants.")
 
 
 class IngressSettings(BaseSettings):
@@ -71,11 +81,35 @@ class IngressSettings(BaseSettings):
     webhook_base_delay_seconds: float = Field(2, gt=0, description="First retry delay; doubles, with jitter.")
     webhook_max_delay_seconds: float = Field(300, gt=0)
 
+    tenant_max_tasks: int = Field(
+        1000, ge=0, description="Unfinished async tasks one tenant may have at once (429 beyond); 0: no limit."
+    )
+    tenant_images_per_minute: int = Field(
+        0, ge=0, description="Images one tenant may request per minute, sync and async (429 beyond); 0: no limit."
+    )
+    tenant_quotas: dict[str, TenantQuota] = Field(
+        default_factory=dict, description="JSON object: tenant -> {max_tasks, images_per_minute, weight}."
+    )
+    quota_check_seconds: float = Field(
+        1.0, gt=0, le=30, description="How long the ingress waits for the coordinator's quota answer (admits after)."
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> IngressSettings:
         if self.max_buffered_body_bytes < self.max_image_body_bytes:
             raise ValueError("STUDIO_MAX_BUFFERED_BODY_BYTES must be at least STUDIO_MAX_IMAGE_BODY_BYTES")
         return self
+
+    def quota(self, tenant: str) -> tuple[int, int, float]:
+        """``(max_tasks, images_per_minute, weight)`` of ``tenant`` (0: no limit)."""
+        own = self.tenant_quotas.get(tenant)
+        if own is None:
+            return self.tenant_max_tasks, self.tenant_images_per_minute, 1.0
+        return (
+            self.tenant_max_tasks if own.max_tasks is None else own.max_tasks,
+            self.tenant_images_per_minute if own.images_per_minute is None else own.images_per_minute,
+            own.weight,
+        )
 
     def has_webhook_secret(self, tenant: str) -> bool:
         return tenant in self.webhook_tenants or self.webhook_secret(tenant) is not None

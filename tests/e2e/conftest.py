@@ -17,6 +17,8 @@ from tests.support.configs import e2e_config
 from tests.support.service import LocalService
 
 KEY_A, KEY_B, KEY_C = "sk-test-tenant-a", "sk-test-tenant-b", "sk-test-tenant-c"
+KEY_Q = "sk-test-tenant-q"  # tenant-q has tight quotas
+QUOTA_TASKS, QUOTA_IMAGES_PER_MINUTE = 2, 3
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 WEBHOOK_SECRET_C = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
 
@@ -27,13 +29,16 @@ def service(tmp_path_factory):
     svc = LocalService(
         tmp,
         e2e_config(tmp),
-        keys={KEY_A: "tenant-a", KEY_B: "tenant-b", KEY_C: "tenant-c"},
+        keys={KEY_A: "tenant-a", KEY_B: "tenant-b", KEY_C: "tenant-c", KEY_Q: "tenant-q"},
         env={
             "STUDIO_ALLOW_LOOPBACK_INPUTS": "true",
             "STUDIO_RETRY_AFTER_SECONDS": "3",
             "STUDIO_WEBHOOK_SECRETS": json.dumps({"tenant-a": WEBHOOK_SECRET, "tenant-c": WEBHOOK_SECRET_C}),
             "STUDIO_WEBHOOK_MAX_ATTEMPTS": "3",
             "STUDIO_WEBHOOK_BASE_DELAY_SECONDS": "0.2",
+            "STUDIO_TENANT_QUOTAS": json.dumps(
+                {"tenant-q": {"max_tasks": QUOTA_TASKS, "images_per_minute": QUOTA_IMAGES_PER_MINUTE}}
+            ),
         },
     )
     svc.start()

@@ -40,7 +40,7 @@ def test_create_get_and_reference(tasks):
     assert payload["job"] == {"prompt": "p"} and payload["webhook"] == "https://hooks.example/x"
     assert tasks.store.get(payload["inputs"]["image"]) == b"png-bytes"
     assert tasks.get("other", tid) is None
-    assert [q for _, q in tasks.queued()] == [(tid, "acme", "sd15-a10g", 2e9)]
+    assert [q for _, q in tasks.queued()] == [(tid, "acme", "sd15-a10g", 2e9, 5)]
 
 
 def test_concurrent_creates_of_one_task_make_one_record_and_keep_the_winners_payload(tasks):
@@ -109,10 +109,15 @@ def test_idempotency_binding(tasks):
 
 
 def test_queue_and_outbox_keys_round_trip():
-    assert parse_queue_key(queue_key("abc", "acme", "sd15-a10g")) == ("abc", "acme", "sd15-a10g", None)
+    assert parse_queue_key(queue_key("abc", "acme", "sd15-a10g")) == ("abc", "acme", "sd15-a10g", None, 5)
     # The deadline is rounded up: a marker never says a task is late before its record does.
     assert parse_queue_key(queue_key("abc", "acme", "sd15-a10g", 1700000000.2)) == ("abc", "acme", "sd15-a10g",
-                                                                                   1700000001.0)
+                                                                                   1700000001.0, 5)
+    # A priority other than the default is in the key too (the dispatch order needs no record read).
+    assert parse_queue_key(queue_key("abc", "acme", "sd15-a10g", 17.0, priority=9)) == ("abc", "acme", "sd15-a10g", 17.0, 9)
+    assert parse_queue_key(queue_key("abc", "acme", "sd15-a10g", priority=0)).priority == 0
+    assert parse_queue_key("queue/a.b.c.p7.12") is None  # deadline before priority, never after
+    assert parse_queue_key("queue/a.b.c.p10") is None
     assert parse_queue_key("queue/garbage") is None
     assert parse_queue_key("queue/a.b.c.notanumber") is None
     assert parse_outbox_key(outbox_key("abc", "acme")) == ("abc", "acme")

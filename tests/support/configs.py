@@ -11,6 +11,7 @@ from tests.support.service import ROOT
 
 DEADLINE_APP, DEADLINE_SECONDS = "ap-sd15-deadline", 4
 LORA_APP = "ap-sd15-lora-multiplex"
+SCALE_APP = "ap-sd15-autoscaled"
 
 
 def e2e_config(tmp: Path) -> Path:
@@ -18,9 +19,23 @@ def e2e_config(tmp: Path) -> Path:
     an app whose async tasks have a short deadline, and a two-replica LoRA family."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = config["applications"][0]["args"]
+    for family in args["families"].values():  # one replica each: tests that count replicas know what runs
+        family.pop("per_gpu", None)
+        family["deployment"].pop("autoscaling_config", None)
+        family["deployment"]["num_replicas"] = 1
     tight = copy.deepcopy(args["families"]["sd15"]["deployment"])
     tight.update(max_ongoing_requests=1, max_queued_requests=1)
     args["families"]["sd15"]["per_gpu"] = {"a100": tight}
+    # Scales on its async backlog: one job at a time per replica, up to two replicas.
+    args["families"]["sd15-scale"] = {
+        "kind": "diffusion", "model": {"path": "tiny-sd15"},
+        "deployment": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                                              "upscale_delay_s": 1, "downscale_delay_s": 4,
+                                              "metrics_interval_s": 1, "look_back_period_s": 2},
+                       "max_ongoing_requests": 1, "max_queued_requests": 4},
+    }
+    args["apps"].append({"app_id": SCALE_APP, "name": "SD 1.5 that scales on its queue", "family": "sd15-scale",
+                         "task": "text2img", "inference_types": ["a10g"]})
     args["apps"].append({"app_id": DEADLINE_APP, "name": "SD 1.5 with a short task deadline", "family": "sd15",
                          "task": "text2img", "inference_types": ["a10g"],
                          "limits": {"task_deadline_seconds": DEADLINE_SECONDS}})

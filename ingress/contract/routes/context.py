@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import Request
 
+from ingress.admission import Admission
 from ingress.contract.auth import KeyRing
 from ingress.contract.body import BodyBudget, read_json
 from ingress.dispatch import Dispatcher
@@ -30,6 +31,7 @@ class Studio:
     url_expiry_seconds: int
     tasks: TaskService | None = None  # None: async tasks are off (e.g. the in-process benchmark)
     facts: ModelFacts | None = None  # None: the model-dependent checks are left to the family
+    admission: Admission | None = None  # None: no per-tenant quotas (no coordinator to keep the counts)
 
     @property
     def fetch_limits(self) -> FetchLimits:

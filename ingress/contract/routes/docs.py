@@ -42,6 +42,8 @@ def responses(settings: IngressSettings, *codes: int, body_bytes: int | None = N
         422: "`ValidationError`: `error_data` names each bad field and its allowed values"
         " (also: JSON that is not an object, or nested too deeply).",
         500: "`ModelError` (the model failed on a valid job) or `InternalError`; `error_data` names an incident id.",
+        429: "`QuotaExceeded`: your tenant is over a quota (unfinished async tasks, or images per minute);"
+        " retry after `Retry-After` seconds.",
         503: "`Overloaded`: the service is shedding load; retry after `Retry-After` seconds.",
         504: f"`Timeout`: the synchronous call ran past {settings.sync_timeout_seconds:g} s;"
         " send `celery: true` for long jobs.",
@@ -49,7 +51,7 @@ def responses(settings: IngressSettings, *codes: int, body_bytes: int | None = N
     out: dict[int | str, Any] = {}
     for code in codes:
         doc: dict[str, Any] = {"model": Envelope, "description": text[code]}
-        if code == 503:
+        if code in (429, 503):
             doc["headers"] = _RETRY_AFTER
         out[code] = doc
     return out

@@ -12,10 +12,12 @@ import uuid
 from fastapi import APIRouter, Request
 
 from deployments.catalog import TASKS, deployment_name
+from deployments.metrics import STUDIO_METRICS
 from deployments.types import Result
 from ingress.contract.auth import Tenant
 from ingress.contract.envelopes import envelope_response
 from ingress.contract.errors import ValidationFailed
+from ingress.contract.metrics import label_request
 from ingress.contract.routes.context import BodyReader, Studio
 from ingress.contract.routes.docs import generation_body, json_body, responses
 from ingress.contract.routes.parsing import parse_strict
@@ -63,13 +65,17 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         started = time.perf_counter()
         req = parse_strict(model, await read_body(request, body_cap(model)))
         app, gpu = check_for_app(route, req, studio.registry)
+        label_request(request, app_id=app.app_id, family=app.family, gpu=gpu, tenant=tenant)
         if req.celery:
             return envelope_response(await submit(route, app, gpu, req, tenant, request))
+        if studio.admission is not None:
+            await studio.admission.check(tenant, req.batch, task=False)
         request_id = uuid.uuid4().hex
         job = await build_job(app, req, tenant, request_id, limits)
         await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
         result = await studio.dispatcher.run(app.family, gpu, job, settings.sync_timeout_seconds)
         output, expires_at = await _outputs(studio, result)
+        STUDIO_METRICS.images(getattr(request.state, "studio_metric_labels", {}), len(result.outputs))
         env = Envelope(
             time_required=round(time.perf_counter() - started, 4),
             input=redact(req),
@@ -112,6 +118,8 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             await check_webhook_destination(req.webhook, limits)
         job = await build_job(app, req, tenant, "pending", limits)
         await check_for_model(app, gpu, job, wait=True)
+        if studio.admission is not None:  # counted just before its record is written (ingress.tasks.quotas)
+            await studio.admission.check(tenant, req.batch, task=True)
         job.request_id = new_task_id()  # after the inputs: a task's deadline counts from its id
         return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
 
@@ -122,7 +130,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             "responses": {
                 200: {"description": "`SUCCESS` with `output` (synchronous), or `PENDING` with `task_id`"
                       " (`celery: true`).", "headers": _SYNC_HEADER},
-                **responses(settings, 401, 408, 413, 422, 500, 503, 504, body_bytes=body_cap(model)),
+                **responses(settings, 401, 408, 413, 422, 429, 500, 503, 504, body_bytes=body_cap(model)),
             },
             "openapi_extra": json_body(generation_body(model, apps, async_tasks=studio.tasks is not None)),
         }

@@ -60,6 +60,9 @@ class GenerationRequest(BaseModel):
     reference_id: str | None = Field(
         None, min_length=1, max_length=200, description="Your own id for an async task; status lookups accept it as refID."
     )
+    priority: int | None = Field(
+        None, ge=0, le=9, description="Async tasks: 0..9, higher runs first among your own queued tasks; default 5."
+    )
     inference_type: GpuType | None = Field(
         None, description="GPU type to run on: a10g, a100 or h100; default: the app's first."
     )

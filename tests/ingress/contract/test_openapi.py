@@ -36,13 +36,14 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 GENERATION = ("getTextToImage", "getImageToImage", "getImagetoImage")
 ERRORS = {401, 408, 413, 422, 500, 503}
 STATUSES = {
-    ("post", "getTextToImage"): {200, 504, *ERRORS},
-    ("post", "getImageToImage"): {200, 504, *ERRORS},
-    ("post", "getImagetoImage"): {200, 504, *ERRORS},
+    ("post", "getTextToImage"): {200, 429, 504, *ERRORS},
+    ("post", "getImageToImage"): {200, 429, 504, *ERRORS},
+    ("post", "getImagetoImage"): {200, 429, 504, *ERRORS},
     ("post", "getImage"): {200, 404, *ERRORS},
     ("post", "cancelTask"): {200, 404, *ERRORS},
     ("get", "status/{task_id}"): {200, 401, 404, 422, 500},
     ("get", "apps"): {200, 401, 500},
+    ("get", "get-status"): {200, 503},
     ("get", "files/{key}"): {200, 404, 422, 500},
 }
 
@@ -100,8 +101,9 @@ def test_every_route_is_published_with_every_status_it_can_answer():
     for (method, route), codes in STATUSES.items():
         responses = _op(method, route)["responses"]
         assert {int(c) for c in responses} == codes, route
+        body = {"$ref": "#/components/schemas/Health"} if route == "get-status" else envelope
         for code in codes - {200}:
-            assert responses[str(code)]["content"]["application/json"]["schema"] == envelope, (route, code)
+            assert responses[str(code)]["content"]["application/json"]["schema"] == body, (route, code)
         if 503 in codes:
             assert responses["503"]["headers"]["Retry-After"]["required"] is True
     assert "image/png" in _op("get", "files/{key}")["responses"]["200"]["content"]
@@ -121,7 +123,7 @@ def test_every_route_but_files_needs_the_bearer_key():
     }
     for (method, route) in STATUSES:
         security = _op(method, route).get("security")
-        assert security == (None if route == "files/{key}" else [{"ApiKey": []}]), route
+        assert security == (None if route in ("files/{key}", "get-status") else [{"ApiKey": []}]), route
 
 
 @pytest.mark.parametrize("route", GENERATION)
@@ -231,7 +233,8 @@ def _png_data_uri(size: int = 256) -> str:
 
 
 PNG = _png_data_uri()
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+# get-status reads Ray Serve, absent here (it answers 503 "unknown"): tests/ingress/contract/test_health.py.
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(path=f"{PREFIX}/get-status")
 
 
 def tame(body: dict) -> None:

@@ -361,3 +361,67 @@ def test_a_late_settle_never_queues_a_webhook_twice(coordinator):
     c.store.delete(outbox_key(tid, "t"))  # delivered
     c.tasks.settle(done)  # a coordinator that listed the marker before it went settles it again
     assert not c.store.exists(outbox_key(tid, "t"))
+
+
+def test_dispatch_takes_what_the_replicas_hold_and_picks_fairly_across_tenants(coordinator, monkeypatch):
+    """One replica taking one job at a time: the coordinator keeps the rest in the store,
+    publishes the backlog for the autoscaler, and serves a late tenant's task second,
+    not after the first tenant's whole burst; a task of higher priority goes first
+    among its tenant's own."""
+    c = coordinator
+    c.deployments = {"sd15-a10g": {"family": "sd15", "gpu": "a10g", "max_ongoing_requests": 1}}
+    c._replicas, c._replicas_at = {"sd15-a10g": 1}, float("inf")  # as Serve's status said
+    published = []
+    monkeypatch.setattr("ingress.tasks.coordinator.publish_queue_depth", lambda depths: published.append(depths))
+    order = []
+
+    async def run_task(ref):
+        record = c.tasks.get(ref.tenant, ref.task_id)
+        order.append((ref.tenant, record.priority))
+        c.tasks.update(ref.tenant, ref.task_id, lambda r: r.move("SUCCESS"))
+        c.tasks.settle(c.tasks.get(ref.tenant, ref.task_id))
+        return "SUCCESS"
+
+    c.handles["sd15-a10g"] = FakeHandle(run_task)
+    for _ in range(4):
+        submitted(c, tenant="a")
+    submitted(c, tenant="a", priority=9)
+    submitted(c, tenant="b")
+
+    async def go():
+        await c.tick()
+        assert len(c.inflight) == 1 and published[-1] == {"sd15-a10g": 5}
+        for _ in range(12):
+            await asyncio.gather(*c.inflight.values())
+            await c.tick()
+        assert not c.inflight and published[-1] == {"sd15-a10g": 0}
+
+    asyncio.run(go())
+    assert order == [("a", 9), ("b", 5), ("a", 5), ("a", 5), ("a", 5), ("a", 5)]
+
+
+def test_a_deployment_scaled_to_zero_gets_one_attempt_so_serve_sees_demand(coordinator, monkeypatch):
+    c = coordinator
+    c.deployments = {"sd15-a10g": {"family": "sd15", "gpu": "a10g", "max_ongoing_requests": 2}}
+    c._replicas, c._replicas_at = {"sd15-a10g": 0}, float("inf")
+    assert c._room("sd15-a10g") == 2  # one replica's worth while it starts
+    c._replicas = {"sd15-a10g": 3}
+    assert c._room("sd15-a10g") == 6
+    c._full_until["sd15-a10g"] = time.time() + 5
+    assert c._room("sd15-a10g") == 0  # it just said "full"
+
+
+def test_admission_counts_against_the_tenant_quota(coordinator, monkeypatch):
+    monkeypatch.setenv("STUDIO_TENANT_QUOTAS", json.dumps({"t": {"max_tasks": 1, "images_per_minute": 4}}))
+    from ingress.wiring.settings import IngressSettings
+
+    coordinator.settings = IngressSettings()
+
+    async def go():
+        first = await coordinator.admit("t", 2, True)
+        second = await coordinator.admit("t", 1, True)
+        third = await coordinator.admit("t", 3, False)
+        return first, second, third
+
+    first, second, third = asyncio.run(go())
+    assert first is None and second.quota == "max_tasks" and third.quota == "images_per_minute"
