@@ -2,7 +2,9 @@
 
 The ingress writes the task to the object store and returns at once; the
 coordinator (``ingress.tasks.coordinator``) dispatches it. Status reads go to the
-object store only, so they answer while the queue or a worker is down.
+object store only, so they answer while the queue or a worker is down, through this
+replica's :class:`~ingress.tasks.status_view.StatusView` (an answer is at most
+``STUDIO_TASK_RENEW_SECONDS`` older than a store read).
 """
 
 from __future__ import annotations
@@ -10,21 +12,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from deployments.catalog import deployment_name
+from deployments.metrics import STUDIO_METRICS
 from deployments.types import ImageJob, job_to_payload
 from ingress.contract.errors import NotFound, ValidationFailed
 from ingress.contract.schemas.envelope import Envelope, output_meta
 from ingress.contract.schemas.generation import GenerationRequest
+from ingress.tasks.status_view import StatusView
 from ingress.wiring.registry import AppConfig
 from ingress.wiring.settings import IngressSettings
 from storage.base import ObjectStore
-from storage.tasks import TaskRecord, TaskStore, task_created_at
+from storage.tasks import DEFAULT_PRIORITY, TaskRecord, TaskStore, task_created_at
 
 Kick = Callable[[str, str, str], Coroutine[Any, Any, None]]  # async (tenant, task_id, deployment); run as a task
 
@@ -64,11 +66,12 @@ class TaskService:
         self.settings = settings
         self.kick = kick
         self._kicks: set[asyncio.Task] = set()
-        # Finished tasks never change: their envelopes (with URLs) are reused
-        # while the URLs keep at least half their lifetime.
-        self._finished: OrderedDict[tuple[str, str], tuple[float, Envelope]] = OrderedDict()
-        self._finished_max = 10_000
-        self._finished_lock = threading.Lock()
+        # Status answers: at most task_renew_seconds old (progress is written that often);
+        # a finished task's envelope (with URLs) while the URLs keep half their lifetime.
+        self.view = StatusView(
+            tasks.get, tasks.find_by_reference, lambda r: task_envelope(r, tasks.store, url_expiry),
+            max_age=settings.task_renew_seconds, finished_age=url_expiry / 2,
+        )
 
     async def replay(self, tenant: str, idempotency_key: str, digest: str) -> Envelope | None:
         """The envelope of the task an ``Idempotency-Key`` already made, if any (422 if the
@@ -117,6 +120,7 @@ class TaskService:
             webhook=bool(req.webhook), track_id=req.track_id, created_at=now,
             # From the id, so every racing writer of this task names the same queue marker.
             deadline_at=task_created_at(task_id) + self._deadline(app),
+            priority=DEFAULT_PRIORITY if req.priority is None else req.priority,
             expires_at=now + self.settings.retention_seconds,
         )
 
@@ -124,49 +128,33 @@ class TaskService:
             data, images = job_to_payload(job)
             return self.tasks.create(record, data, images, webhook=req.webhook)
 
+        written_at = self.view.clock()
         stored, created = await asyncio.to_thread(store)
         if created:
             kick = asyncio.create_task(self.kick(tenant, task_id, deployment))
             self._kicks.add(kick)
             kick.add_done_callback(self._kicks.discard)
-        return task_envelope(stored, self.tasks.store, self.url_expiry)
-
-    def _lookup(self, tenant: str, task_id: str | None, reference_id: str | None) -> TaskRecord:
-        if task_id is None and reference_id is not None:
-            task_id = self.tasks.find_by_reference(tenant, reference_id)
-        record = None
-        if task_id is not None and _plausible_id(task_id):
-            record = self.tasks.get(tenant, task_id)
-        if record is None:
-            raise NotFound("no such task")
-        return record
-
-    def _cached(self, tenant: str, task_id: str | None) -> Envelope | None:
-        cached = self._finished.get((tenant, task_id)) if task_id is not None else None
-        return cached[1] if cached is not None and cached[0] > time.time() else None
-
-    def _status(self, tenant: str, task_id: str | None, reference_id: str | None) -> Envelope:
-        now = time.time()
-        if (env := self._cached(tenant, task_id)) is not None:
-            return env
-        record = self._lookup(tenant, task_id, reference_id)
-        env = task_envelope(record, self.tasks.store, self.url_expiry)
-        if record.terminal:
-            with self._finished_lock:
-                self._finished[(tenant, record.task_id)] = (now + self.url_expiry / 2, env)
-                if len(self._finished) > self._finished_max:
-                    self._finished.popitem(last=False)
+        env = task_envelope(stored, self.tasks.store, self.url_expiry)
+        self.view.put(stored, env, written_at)  # a poll right after the submit costs no read
         return env
 
     async def status(self, tenant: str, task_id: str | None, reference_id: str | None = None) -> Envelope:
-        # A finished task's envelope is answered on the loop: no thread hop, no IO.
-        if (env := self._cached(tenant, task_id)) is not None:
-            return env
-        return await asyncio.to_thread(self._status, tenant, task_id, reference_id)
+        """The task's envelope (by id, else by ``reference_id``), at most the view's
+        ``max_age`` old; answered on the event loop when the view holds it."""
+        env = None
+        if task_id is not None:
+            if _plausible_id(task_id):
+                env = await self.view.get(tenant, task_id)
+        elif reference_id is not None:
+            env = await self.view.get_by_reference(tenant, reference_id)
+        if env is None:
+            raise NotFound("no such task")
+        return env
 
     async def cancel(self, tenant: str, task_id: str) -> Envelope:
         """PENDING → REVOKED now; STARTED → flagged, the worker stops at its next step."""
-        await asyncio.to_thread(self._lookup, tenant, task_id, None)
+        if not _plausible_id(task_id):
+            raise NotFound("no such task")
 
         def change(r: TaskRecord):
             if r.terminal:
@@ -176,12 +164,17 @@ class TaskService:
                 r.move("REVOKED", "cancelled before it started")
             return None
 
-        record = await asyncio.to_thread(self.tasks.update, tenant, task_id, change)
-        if record is None:  # deleted (expired) since the lookup
+        read_at = self.view.clock()
+        record, written = await asyncio.to_thread(self.tasks.apply, tenant, task_id, change)
+        if record is None:  # no such task (or deleted since)
             raise NotFound("no such task")
         if record.status == "REVOKED":
+            if written:
+                STUDIO_METRICS.task_result(record.app_id, record.family, record.gpu, tenant, "REVOKED", None)
             await asyncio.to_thread(self.tasks.settle, record)
-        return await asyncio.to_thread(task_envelope, record, self.tasks.store, self.url_expiry)
+        env = await asyncio.to_thread(task_envelope, record, self.tasks.store, self.url_expiry)
+        self.view.put(record, env, read_at)  # this replica's polls see the cancel at once
+        return env
 
 
 def _plausible_id(task_id: str) -> bool:

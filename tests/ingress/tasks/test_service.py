@@ -1,12 +1,14 @@
-"""Submitting async tasks without a cluster: racing submits with one Idempotency-Key."""
+"""Async tasks without a cluster: racing submits with one Idempotency-Key; status reads and cancels through the view."""
 
 import asyncio
 import io
 import time
 
+import pytest
 from PIL import Image
 
 from deployments.types import ImageJob
+from ingress.contract.errors import NotFound
 from ingress.contract.schemas.generation import ImageToImageRequest
 from ingress.tasks import service as async_tasks
 from ingress.tasks.service import TaskService, body_digest
@@ -61,3 +63,82 @@ def test_racing_submits_with_one_key_make_one_task_one_marker_one_payload(tmp_pa
     payload = service.tasks.payload(record)
     with Image.open(io.BytesIO(store.get(payload["inputs"]["image"]))) as stored:
         assert stored.size == (64, 64)
+
+
+def _service(tmp_path):
+    store = open_store(StorageSettings(backend="local", local_root=tmp_path, signing_secret="s"))
+    tasks = TaskStore(store)
+    reads = []
+    get = tasks.get
+
+    def counted(tenant, task_id):
+        reads.append(task_id)
+        return get(tenant, task_id)
+
+    tasks.get = counted  # type: ignore[method-assign]
+
+    async def kick(tenant, task_id, deployment):
+        pass
+
+    return TaskService(tasks, 3600, IngressSettings(), kick), reads
+
+
+def _submit(service, tenant="acme", reference_id=None):
+    req = ImageToImageRequest(app_id="ap-x", image="https://h.example/a.png", celery=True, reference_id=reference_id)
+    job = ImageJob(task="img2img", tenant=tenant, request_id=new_task_id(), prompt="p",
+                   image=Image.new("RGB", (8, 8)))
+    return service.submit("getImageToImage", APP, "a10g", req, job, {}, tenant, None, None)
+
+
+def test_status_after_a_submit_and_a_cancel_on_this_replica_costs_no_read(tmp_path):
+    service, reads = _service(tmp_path)
+
+    async def scenario():
+        env = await _submit(service)
+        polled = [await service.status("acme", env.task_id) for _ in range(20)]
+        assert reads == [] and {p.status for p in polled} == {"PENDING"}
+        cancelled = await service.cancel("acme", env.task_id)
+        assert cancelled.status == "REVOKED"
+        after = await service.status("acme", env.task_id)
+        return after
+
+    after = asyncio.run(scenario())
+    assert after.status == "REVOKED" and reads == []
+
+
+def test_status_is_404_for_another_tenant_an_unknown_id_and_an_implausible_one(tmp_path):
+    service, _ = _service(tmp_path)
+
+    async def scenario():
+        env = await _submit(service, reference_id="order-17")
+        for tenant, task_id in (("other", env.task_id), ("acme", new_task_id()), ("acme", "../x"), ("acme", "a" * 65)):
+            with pytest.raises(NotFound):
+                await service.status(tenant, task_id)
+        with pytest.raises(NotFound):
+            await service.status("other", None, "order-17")
+        with pytest.raises(NotFound):
+            await service.cancel("other", env.task_id)
+        return env, await service.status("acme", None, "order-17")
+
+    env, by_ref = asyncio.run(scenario())
+    assert by_ref.task_id == env.task_id
+
+
+def test_a_worker_write_from_another_process_shows_within_the_renew_interval(tmp_path):
+    service, reads = _service(tmp_path)
+    clock = [100.0]
+    service.view.clock = lambda: clock[0]
+
+    def start(r):
+        r.move("STARTED")
+        r.progress = 0.5
+
+    async def scenario():
+        env = await _submit(service)
+        service.tasks.update("acme", env.task_id, start)
+        held = await service.status("acme", env.task_id)
+        clock[0] += service.settings.task_renew_seconds
+        return held, await service.status("acme", env.task_id)
+
+    held, fresh = asyncio.run(scenario())
+    assert held.status == "PENDING" and (fresh.status, fresh.progress) == ("STARTED", 0.5) and len(reads) == 1
