@@ -1,0 +1,196 @@
+"""The deployment profile (``k8s/profile.yaml``): what serve_config.yaml does not say
+about a Kubernetes cluster — image, namespace, node pools, secrets, ingress, weights."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deployments.catalog import GPU_TYPES
+
+#: A Kubernetes object name (RFC 1123 DNS label).
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+#: A CPU or memory quantity ("4", "500m", "16Gi").
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+
+
+class ProfileError(ValueError):
+    """The profile is invalid or does not fit serve_config.yaml; the message says where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Toleration(_Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class PodShape(_Strict):
+    """Where one kind of Ray pod runs and what it asks for."""
+
+    cpu: str = Field(pattern=QUANTITY)
+    memory: str = Field(pattern=QUANTITY)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class WorkerGroup(PodShape):
+    min_replicas: int = Field(0, ge=0, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WorkerGroup:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is greater than max_replicas {self.max_replicas}")
+        return self
+
+
+class ControlResource(_Strict):
+    """The custom resource the cpu group advertises and the ingress and coordinator ask for (1 each),
+    so that they always land on the cpu group (never on the head or a GPU node)."""
+
+    name: str = Field("cpu_pool", pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    per_pod: int = Field(1000, ge=1, le=100000, description="Units per cpu pod: room for many replicas.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in GPU_TYPES or name.lower() in ("cpu", "gpu", "memory", "object_store_memory"):
+            raise ValueError(f"{name!r} is a GPU type or a Ray resource; choose another name")
+        return name
+
+
+class CpuGroup(WorkerGroup):
+    """The ``cpu`` worker group: the ingress, the proxies and the task coordinator."""
+
+    min_replicas: int = Field(1, ge=1, le=1000, description="The ingress and the coordinator need a cpu pod.")
+    control_resource: ControlResource = ControlResource()
+
+
+class GpuNodePool(WorkerGroup):
+    """One GPU type's node pool: each pod has ``gpus_per_pod`` GPUs; a family replica takes ``replica_gpus``."""
+
+    min_replicas: int = Field(0, ge=0, le=0, description="GPU groups scale from zero (the autoscaler adds nodes).")
+    gpus_per_pod: int = Field(ge=1, le=16)
+    replica_gpus: float = Field(1, gt=0, le=16)
+    replica_cpus: float | None = Field(None, ge=0, description="num_cpus of a family replica; default: serve_config's.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> GpuNodePool:
+        if self.replica_gpus > self.gpus_per_pod:
+            raise ValueError(f"replica_gpus {self.replica_gpus} exceeds gpus_per_pod {self.gpus_per_pod}")
+        return self
+
+
+class SecretRef(_Strict):
+    name: str = Field(pattern=DNS_LABEL)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class Redis(_Strict):
+    address: str = Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$", description="host:port of an external Redis")
+    password_secret: SecretRef
+
+
+class SecretNames(_Strict):
+    api_keys: str = Field(pattern=DNS_LABEL)
+    webhook_secrets: str = Field(pattern=DNS_LABEL)
+    s3: str = Field(pattern=DNS_LABEL)
+
+
+class Autoscaler(_Strict):
+    idle_timeout_seconds: int = Field(600, ge=10, le=86400)
+    upscaling_mode: Literal["Default", "Aggressive", "Conservative"] = "Default"
+
+
+class IngressSpec(_Strict):
+    host: str = Field(pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,}$")
+    class_name: str = Field(pattern=DNS_LABEL)
+    tls_secret: str | None = Field(None, pattern=DNS_LABEL)
+    controller_namespace: str = Field(pattern=DNS_LABEL)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Weights(_Strict):
+    claim_name: str = Field(pattern=DNS_LABEL)
+    mount_path: str = Field(pattern=r"^/[^\s]*$")
+    storage_class: str | None = None
+    size: str = Field(pattern=QUANTITY)
+
+
+class Profile(_Strict):
+    """``k8s/profile.yaml``."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    namespace: str = Field(pattern=DNS_LABEL)
+    image: str = Field(min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    ray_version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
+    serve_port: int = Field(8000, ge=1024, le=65535)
+    head: PodShape
+    cpu_group: CpuGroup
+    gpu_pools: dict[str, GpuNodePool] = Field(min_length=1)
+    autoscaler: Autoscaler = Autoscaler()
+    redis: Redis
+    secrets: SecretNames
+    serve_env: dict[str, str] = Field(default_factory=dict)
+    ingress: IngressSpec
+    operator_namespace: str = Field(pattern=DNS_LABEL)
+    monitoring_namespace: str = Field(pattern=DNS_LABEL)
+    weights: Weights
+
+    @field_validator("gpu_pools")
+    @classmethod
+    def _known_gpu_types(cls, pools: dict[str, GpuNodePool]) -> dict[str, GpuNodePool]:
+        for gpu in pools:
+            if gpu not in GPU_TYPES:
+                raise ValueError(f"unknown GPU type {gpu!r}; use one of {', '.join(GPU_TYPES)}")
+        return pools
+
+    @field_validator("serve_env")
+    @classmethod
+    def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        from ingress.wiring.secrets import SECRET_VARS
+
+        for name in env:
+            if name in SECRET_VARS:
+                raise ValueError(f"{name} is a secret: put it in a Secret (secrets:), not in serve_env")
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return env
+
+
+def _where(error: Any) -> str:
+    return ".".join(str(p) for p in error["loc"]) or "(top level)"
+
+
+def load_profile(path: Path) -> Profile:
+    """Read and validate a profile; a :class:`ProfileError` names the file and the field."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"{path}: cannot read: {exc}") from None
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {_where(e)}: {e['msg']}" for e in exc.errors()]
+        raise ProfileError("\n".join(lines)) from None
+
+
+def check_against_config(profile: Profile, gpu_pools: dict[str, Any], where: str = "profile") -> None:
+    """Every GPU type of serve_config.yaml's gpu_pools has a node pool, and no pool is left over."""
+    missing = [g for g in gpu_pools if g not in profile.gpu_pools]
+    extra = [g for g in profile.gpu_pools if g not in gpu_pools]
+    if missing:
+        raise ProfileError(f"{where}: gpu_pools: no node pool for GPU type(s) {', '.join(missing)} "
+                           "of serve_config.yaml's gpu_pools")
+    if extra:
+        raise ProfileError(f"{where}: gpu_pools: GPU type(s) {', '.join(extra)} are not in serve_config.yaml's gpu_pools")
