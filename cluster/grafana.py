@@ -33,7 +33,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ]),
     ("Request latency p50 / p99 per app_id", "s", _quantiles("ray_studio_request_seconds", "app_id", "{{app_id}}")),
     ("Images/min per tenant", "short", [(f"sum by (tenant) (rate(ray_studio_images_total{RATE})) * 60", "{{tenant}}")]),
-    ("Queue depth per family deployment", "short", [("sum by (deployment) (ray_studio_queue_depth)", "{{deployment}}")]),
+    ("Queue depth per family deployment", "short", [("sum by (family, gpu) (ray_studio_queue_depth)", "{{family}}-{{gpu}}")]),
     ("Queue wait p50 / p99 per family deployment", "s",
      _quantiles("ray_studio_queue_wait_seconds", "family, gpu", "{{family}}-{{gpu}}")),
     ("Run seconds p50 / p99 per family / GPU", "s", _quantiles("ray_studio_run_seconds", "family, gpu", "{{family}}-{{gpu}}")),

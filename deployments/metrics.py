@@ -52,11 +52,11 @@ class StudioMetrics:
 
             if not ray.is_initialized():
                 return {}
-            return {
+            specs = {
                 "requests": m.Counter("studio_requests", description="HTTP requests to the generation and task routes.",
-                                      tag_keys=_keys("app_id", "family", "gpu", "tenant", "route", "code")),
+                                      tag_keys=_keys("app_id", "family", "gpu", "tenant", "endpoint", "code")),
                 "request_seconds": m.Histogram("studio_request_seconds", description="Request latency at the ingress.",
-                                               boundaries=SECONDS, tag_keys=_keys("app_id", "family", "gpu", "route")),
+                                               boundaries=SECONDS, tag_keys=_keys("app_id", "family", "gpu", "endpoint")),
                 "images": m.Counter("studio_images", description="Images returned or stored for tenants.",
                                     tag_keys=_keys("app_id", "family", "gpu", "tenant")),
                 "failures": m.Counter("studio_failures", description="Requests and tasks that ended in an error.",
@@ -71,15 +71,16 @@ class StudioMetrics:
                                           tag_keys=_keys("app_id", "family", "gpu", "tenant", "status")),
                 "queue_depth": m.Gauge("studio_queue_depth", description="Tasks waiting in the store per family "
                                        "deployment (what the autoscaler adds to Serve's ongoing requests).",
-                                       tag_keys=_keys("deployment")),
+                                       tag_keys=_keys("family", "gpu")),
                 "webhooks": m.Counter("studio_webhook_deliveries", description="Webhook delivery attempts by outcome.",
                                       tag_keys=_keys("tenant", "outcome")),
                 "quota": m.Counter("studio_quota_rejections", description="Jobs refused by a tenant quota (429).",
                                    tag_keys=_keys("tenant", "quota")),
             }
         except Exception:  # pragma: no cover - metrics are best effort
-            log.debug("ray.serve.metrics unavailable; metrics disabled", exc_info=True)
+            log.warning("ray.serve.metrics unavailable; metrics disabled", exc_info=True)
             return {}
+        return specs
 
     def _do(self, name: str, method: str, value: float, tags: dict[str, str]) -> None:
         metric = self._metrics().get(name)
@@ -93,8 +94,9 @@ class StudioMetrics:
     # -- ingress ------------------------------------------------------------
     def request(self, labels: dict[str, str], route: str, code: int, seconds: float) -> None:
         app = {k: labels.get(k, "") for k in ("app_id", "family", "gpu")}
-        self._do("requests", "inc", 1, {**app, "tenant": labels.get("tenant", ""), "route": route, "code": str(code)})
-        self._do("request_seconds", "observe", seconds, {**app, "route": route})
+        self._do("requests", "inc", 1, {**app, "tenant": labels.get("tenant", ""), "endpoint": route,
+                                        "code": str(code)})
+        self._do("request_seconds", "observe", seconds, {**app, "endpoint": route})
 
     def images(self, labels: dict[str, str], count: int) -> None:
         if count:
@@ -130,7 +132,8 @@ class StudioMetrics:
                    ("status", "STARTED" if entry.task_id in dispatched else "PENDING"))
             counts[key] = counts.get(key, 0) + 1
         self._set_all("tasks", counts)
-        self._set_all("queue_depth", {(("deployment", d),): n for d, n in depths.items()})
+        self._set_all("queue_depth", {(("family", deployments.get(d, {}).get("family", "")),
+                                       ("gpu", deployments.get(d, {}).get("gpu", ""))): n for d, n in depths.items()})
 
     def _set_all(self, name: str, values: dict[tuple[tuple[str, str], ...], int]) -> None:
         for gone in self._gauge_keys.get(name, set()) - set(values):

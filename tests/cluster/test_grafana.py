@@ -11,15 +11,15 @@ from cluster.grafana import HISTOGRAMS, SERVE_METRICS, STUDIO_METRICS, dashboard
 ROOT = Path(__file__).resolve().parents[2]
 #: The public metric list of the service (its label names in braces), and Ray Serve's own.
 EXPORTED = {
-    "ray_studio_requests_total": {"app_id", "family", "gpu", "tenant", "route", "code"},
-    "ray_studio_request_seconds": {"app_id", "family", "gpu", "route"},
+    "ray_studio_requests_total": {"app_id", "family", "gpu", "tenant", "endpoint", "code"},
+    "ray_studio_request_seconds": {"app_id", "family", "gpu", "endpoint"},
     "ray_studio_images_total": {"app_id", "family", "gpu", "tenant"},
     "ray_studio_failures_total": {"app_id", "family", "gpu", "tenant", "error"},
     "ray_studio_queue_wait_seconds": {"app_id", "family", "gpu", "tenant"},
     "ray_studio_run_seconds": {"family", "gpu", "task"},
     "ray_studio_tasks": {"family", "gpu", "tenant", "status"},
     "ray_studio_task_results_total": {"app_id", "family", "gpu", "tenant", "status"},
-    "ray_studio_queue_depth": {"deployment"},
+    "ray_studio_queue_depth": {"family", "gpu"},
     "ray_studio_webhook_deliveries_total": {"tenant", "outcome"},
     "ray_studio_quota_rejections_total": {"tenant", "quota"},
     "ray_serve_deployment_replica_healthy": {"deployment", "replica", "application"},

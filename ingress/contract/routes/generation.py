@@ -64,8 +64,10 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     async def generate(route: str, model: type[GenerationRequest], request: Request, tenant: str):
         started = time.perf_counter()
         req = parse_strict(model, await read_body(request, body_cap(model)))
+        if (known := studio.registry.app(req.app_id)) is not None:  # its refusals count against the app too
+            label_request(request, app_id=known.app_id, family=known.family, tenant=tenant)
         app, gpu = check_for_app(route, req, studio.registry)
-        label_request(request, app_id=app.app_id, family=app.family, gpu=gpu, tenant=tenant)
+        label_request(request, gpu=gpu)
         if req.celery:
             return envelope_response(await submit(route, app, gpu, req, tenant, request))
         if studio.admission is not None:
