@@ -176,7 +176,9 @@ def run(profile: Profile, faults: bool, out: Path, raw: Path | None = None) -> d
 
         def probe() -> bool:
             try:
-                return httpx.get(f"{svc.api}/get-status", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200
+                # The ingress answering an authenticated call (get-status would also wait for every family
+                # deployment, and a family replica killed just before may still be starting).
+                return httpx.get(f"{svc.api}/apps", headers={"Authorization": f"Bearer {KEY}"}, timeout=5).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -63,7 +63,7 @@ class FaultRecord:
     offset: float  # seconds after the load started
     pids: list[int] = field(default_factory=list)
     process_back_s: float | None = None  # until a new process with the title ran
-    serving_back_s: float | None = None  # until GET get-status answered 200 again
+    serving_back_s: float | None = None  # until GET apps answered 200 again
     note: str = ""
 
 

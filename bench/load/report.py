@@ -256,7 +256,7 @@ def markdown(fig: dict[str, Any]) -> str:
             "",
             "Each window runs from the kill to the next fault (at most "
             f"{FAULT_WINDOW_S:.0f} s) and counts answers by when they arrived. *Process back*: a new process "
-            "with the title ran; *answering*: `GET get-status` answered 200 again; *first ok*: the first request "
+            "with the title ran; *answering*: `GET apps` (the ingress) answered 200 again; *first ok*: the first request "
             "sent after the kill that succeeded.",
             "",
             "| at (s) | target | killed | process back (s) | answering (s) | first ok (s) | window (s) | ok | 503 | 504 "

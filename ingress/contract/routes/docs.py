@@ -175,7 +175,7 @@ def _app_branches(apps: list[AppConfig], properties: dict[str, Any]) -> list[dic
 
 
 #: Fields that only an async task takes (``celery: true``): absent, null or empty otherwise.
-_ASYNC_ONLY = ("webhook", "reference_id")
+_ASYNC_ONLY = ("webhook", "reference_id", "priority")
 
 
 def generation_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: bool = True) -> dict[str, Any]:
@@ -197,7 +197,8 @@ def generation_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: 
     rules: list[dict[str, Any]] = [{"oneOf": _app_branches(apps, properties)}]
     # Async-only fields are empty, or celery is true (one rule for both keeps the schema small
     # enough for generators that distribute allOf over anyOf).
-    async_only = {"properties": {f: _EMPTY for f in _ASYNC_ONLY if f in properties}}
+    async_only = {"properties": {f: {"type": "null"} if f == "priority" else _EMPTY
+                                 for f in _ASYNC_ONLY if f in properties}}
     if async_only["properties"]:
         celery = {"required": ["celery"], "properties": {"celery": _FLAG_TRUE}}
         rules.append({"anyOf": [async_only, celery]} if async_tasks else async_only)
