@@ -29,6 +29,7 @@ EDGES = [
     ("lora_strength", ["0.5,1", "x" * 200, 0.1, 1], ["x" * 201, 0.09, 1.01], "lora_strength"),
     ("vae", ["v", "x" * 200], ["x" * 201], "0..200 characters"),
     ("tomesd", [True, "no"], ["sometimes"], "tomesd"),
+    ("priority", [0, 9, None], [-1, 10, "high"], "priority"),
 ]
 
 
