@@ -40,14 +40,15 @@ RUN apt-get update \
  && uv python install "${PYTHON_VERSION}" \
  && uv venv --python "${PYTHON_VERSION}" /opt/venv
 
-RUN uv pip install --no-cache --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
+# torchvision (for spandrel's upscalers) from the same CUDA index, built for that torch.
+RUN uv pip install --no-cache --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}" torchvision
 
 WORKDIR /app
 # Dependencies first (cached while only the source changes), then the source.
 COPY pyproject.toml README.md ./
 RUN mkdir -p deployments ingress storage client cluster \
  && touch deployments/__init__.py ingress/__init__.py storage/__init__.py client/__init__.py cluster/__init__.py \
- && uv pip install --no-cache . \
+ && uv pip install --no-cache ".[upscale]" \
  && rm -rf build *.egg-info deployments ingress storage client cluster
 COPY deployments ./deployments
 COPY ingress ./ingress

@@ -29,6 +29,16 @@ MAX_SEED = 2**32 - 1
 
 OutputKind = Literal["image"]
 
+#: The generation fields of the diffusion routes (``GenerationRequest``) that a task may refuse
+#: (``TaskSpec.refuses``): an app that cannot honour one answers 422 rather than ignore it.
+DIFFUSION_FIELDS: tuple[str, ...] = (
+    "prompt", "negative_prompt", "height", "width", "num_inference_steps", "guidance_scale", "batch", "seed",
+    "scheduler", "use_karras_sigmas", "algorithm_type", "clip_skip", "lora_model", "lora_strength", "vae", "tomesd",
+    "safety_checker", "safety_checker_type",
+)
+_SAMPLER_OPTIONS = ("scheduler", "use_karras_sigmas", "algorithm_type", "clip_skip", "lora_model", "lora_strength",
+                    "vae", "tomesd", "safety_checker", "safety_checker_type")
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -61,6 +71,17 @@ class TaskSpec:
     component: str | None = None
     #: The module that runs the task on a family replica (``module:Class``); None: the kind's own.
     handler: str | None = None
+    #: Generation fields (``DIFFUSION_FIELDS``) the task cannot honour: a value other than the default is a 422.
+    refuses: tuple[str, ...] = ()
+    #: How the first input is sized: ``app`` — to the app's sizes (multiples of 64, the output's size);
+    #: ``fit`` — kept as it is, only shrunk (aspect kept) to fit the app's largest sides.
+    sizing: Literal["app", "fit"] = "app"
+    #: Where the output size comes from: the (sized) input image, or the request / app defaults.
+    output_size: Literal["input", "request"] = "input"
+    #: The job type the family runs (``deployments.types.JOB_TYPES``).
+    job: str = "ImageJob"
+    #: Other family kinds a replica of this task calls by handle (``FamilyComponents.helpers``).
+    helpers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,27 @@ IMG2IMG_STRENGTH = "diffusers' img2img strength: 0 keeps the input, 1 ignores it
 _CONDITIONING = "how strongly the control image conditions the result: the ControlNet conditioning scale (0..1)"
 _ILLUSION = "how strongly the pattern shows: ControlNet conditioning scale 0.8 + 1.2 x strength (0.8..2.0)"
 _VARIATION = "how closely the variation follows the image: the IP-Adapter scale (0..1)"
+#: Face Avatar's default prompt (seed 000); ``{gender_word}`` comes from ``gender`` (GENDER_WORDS).
+AVATAR_PROMPT = (
+    "black plain background, VECTOR CARTOON ILLUSTRATION, half-body shot portrait {gender_word}, 5 o clock shadow, "
+    "3d bitmoji avatar render, pixar, high def textures 8k, highly detailed, 3d render, award winning, "
+    "no background elements"
+)
+Gender = Literal["male", "female", "neutral"]
+GENDER_WORDS: dict[str, str] = {"male": "man", "female": "woman", "neutral": "person"}
+UpscaleFactor = Literal[2, 4, 8]
+
+
+def avatar_prompt(prompt: str | None, gender: str | None, template: str = AVATAR_PROMPT) -> str:
+    """A Face Avatar prompt: a custom one as it is; none, ``template`` with ``{gender_word}`` filled."""
+    if prompt is not None:
+        return prompt
+    return template.replace("{gender_word}", GENDER_WORDS[gender or "neutral"])
+
+
+_IDENTITY = "how strongly the face's identity shows: the IP-Adapter FaceID scale (0..1)"
+_FACE = InputSpec("image", "image", doc="a photo with a face (several: the largest is used)")
+_UPSCALE_INPUT = InputSpec("image", "image", doc="the image to enlarge")
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -100,6 +142,25 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("variation", "getImageToImage", "diffusion", "Image Variation", inputs=(_IMAGE,),
                  strength=_VARIATION, component="ip_adapter",
                  handler="deployments.families.variation:VariationTask"),
+        TaskSpec("face", "getImageToImage", "diffusion", "Face Consistency", inputs=(_FACE,), strength=_IDENTITY,
+                 component="face_id", handler="deployments.families.faces:FaceTask", sizing="fit",
+                 output_size="request", refuses=("lora_model", "lora_strength")),
+        TaskSpec("avatar", "getImageToImage", "diffusion", "Face Avatar", inputs=(_FACE,), strength=_IDENTITY,
+                 options=("gender", "remove_background", "bg_color"), component="face_id",
+                 handler="deployments.families.faces:AvatarTask", sizing="fit", output_size="request",
+                 refuses=("lora_model", "lora_strength"), helpers=("matting",)),
+        TaskSpec("replace_background", "getImageToImage", "diffusion", "Replace Background", inputs=(_IMAGE,),
+                 handler="deployments.families.backgrounds:ReplaceBackgroundTask", helpers=("matting",)),
+        TaskSpec("remove_background", "getImageToImage", "matting", "Background Removal",
+                 inputs=(_IMAGE, InputSpec("bg_image", "bg_image", required=False,
+                                           doc="a picture to put behind the subject (covers the image, centred)")),
+                 options=("bg_color", "r_color", "g_color", "b_color", "blur"), refuses=DIFFUSION_FIELDS,
+                 sizing="fit", job="MattingJob"),
+        TaskSpec("upscale", "getImageToImage", "upscaler", "Upscaling", inputs=(_UPSCALE_INPUT,), options=("scale",),
+                 refuses=DIFFUSION_FIELDS, sizing="fit", job="UpscaleJob"),
+        TaskSpec("sd_upscale", "getImageToImage", "sd_upscaler", "Upscaling (Stable Diffusion x4)",
+                 inputs=(_UPSCALE_INPUT,), options=("scale",), sizing="fit", job="UpscaleJob",
+                 refuses=("height", "width", "batch", *_SAMPLER_OPTIONS)),
     )
 }
 
@@ -111,7 +172,14 @@ KINDS: dict[str, KindSpec] = {
                  tiny_models=("tiny-sd15", "tiny-sdxl", "tiny-controlnet-sdxl-canny", "tiny-controlnet-sdxl-depth",
                               "tiny-controlnet-sdxl-openpose", "tiny-controlnet-sd15-qrcode", "tiny-depth", "tiny-pose",
                               "tiny-ip-adapter-sd15", "tiny-ip-adapter-sdxl", "tiny-loras-sd15", "tiny-loras-sdxl",
-                              "tiny-vaes", "tiny-safety-checker")),
+                              "tiny-vaes", "tiny-safety-checker")),  # INTEGRATION-PENDING "tiny-face-pack", "tiny-faceid-sdxl"),
+        KindSpec("matting", "deployments.families.matting:MattingFamily",
+                 "salient-object segmentation (ONNX): background removal, and subject masks for other families",
+                 tiny_models=("tiny-saliency",)),
+        KindSpec("upscaler", "deployments.families.upscale:UpscalerFamily",
+                 "ESRGAN-family upscalers loaded with spandrel, tiled", tiny_models=()),
+        KindSpec("sd_upscaler", "deployments.families.upscale:SDUpscalerFamily",
+                 "the Stable Diffusion x4 upscaler pipeline", tiny_models=()),
     )
 }
 

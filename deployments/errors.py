@@ -37,6 +37,16 @@ class InvalidJobError(JobError):
         return f"{self.field}: {self.message}"
 
 
+class NoFaceDetected(InvalidJobError):
+    """The input image holds no face the face detector finds (a 422 of its own type)."""
+
+    error_type = "NoFaceDetected"
+
+    def __init__(self, field: str = "image", message: str = "no face was detected in the image; send a photo "
+                 "where a face is clearly visible (frontal, not too small)"):
+        super().__init__(field, message)
+
+
 class ModelError(JobError):
     """The model failed while running a valid job.
 

@@ -25,3 +25,17 @@ def check_clip_skip(clip_skip: int | None, text_encoder_layers: int) -> None:
             "clip_skip",
             f"this model's text encoder has {text_encoder_layers} layers; allowed: 1..{text_encoder_layers - 1}",
         )
+
+
+def check_upscale(width: int, height: int, scale: int, max_output_pixels: int,
+                  scales: tuple[int, ...] = (2, 4, 8)) -> None:
+    """An upscaling job's factor is one the app makes, and its output stays under the pixel cap."""
+    if scale not in scales:
+        raise InvalidJobError("scale", f"allowed: one of {', '.join(map(str, scales))} (got {scale})")
+    out_w, out_h = width * scale, height * scale
+    if out_w * out_h > max_output_pixels:
+        raise InvalidJobError(
+            "scale",
+            f"a {width}x{height} image at {scale}x would be {out_w}x{out_h} = {out_w * out_h} pixels; allowed: at most "
+            f"{max_output_pixels} output pixels; send a smaller image or a lower scale",
+        )

@@ -313,6 +313,36 @@ def _safety(target: Path) -> None:
     write_tiny_safety_checker(target.parent, force=True)
 
 
+def _face_pack(target: Path) -> None:
+    from deployments.pipelines.tiny_faces import write_tiny_face_pack
+
+    write_tiny_face_pack(target)
+
+
+def _faceid_sdxl(target: Path) -> None:
+    from deployments.pipelines.tiny_faces import write_tiny_faceid_adapter
+
+    write_tiny_faceid_adapter(target)
+
+
+def _saliency(target: Path) -> None:
+    from deployments.pipelines.tiny_saliency import write_tiny_saliency
+
+    write_tiny_saliency(target)
+
+
+def _esrgan(target: Path) -> None:
+    from deployments.pipelines.tiny_upscalers import write_tiny_esrgan
+
+    write_tiny_esrgan(target)
+
+
+def _sd_x4(target: Path) -> None:
+    from deployments.pipelines.tiny_upscalers import write_tiny_sd_x4
+
+    write_tiny_sd_x4(target)
+
+
 #: Every tiny model by directory name: what ``deployments.catalog.KINDS[*].tiny_models`` lists.
 MAKERS = {
     "tiny-sd15": _pipeline(build_sd15),
@@ -329,6 +359,11 @@ MAKERS = {
     "tiny-loras-sdxl": _loras("sdxl"),
     "tiny-vaes": _vaes,
     "tiny-safety-checker": _safety,
+    # INTEGRATION-PENDING "tiny-face-pack": _face_pack,
+    # INTEGRATION-PENDING "tiny-faceid-sdxl": _faceid_sdxl,
+    "tiny-saliency": _saliency,
+    # INTEGRATION-PENDING "tiny-esrgan-4x": _esrgan,
+    # INTEGRATION-PENDING "tiny-sd-x4-upscaler": _sd_x4,
 }
 
 

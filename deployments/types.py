@@ -55,6 +55,9 @@ class ImageJob(Job):
     tomesd: bool = False
     safety_checker: bool = False
     safety_checker_type: str | None = None
+    gender: str | None = None  # Face Avatar: fills the default prompt's {gender_word}
+    remove_background: bool = False  # Face Avatar: transparent PNG (through the background-removal family)
+    bg_color: str | None = None  # Face Avatar: "#RRGGBB" behind the subject
     image: Image.Image | None = None
     mask: Image.Image | None = None
 
@@ -70,7 +73,37 @@ class ImageJob(Job):
         return value
 
 
-JOB_TYPES: dict[str, type[Job]] = {"ImageJob": ImageJob}
+@dataclass
+class MattingJob(Job):
+    """A background-removal job: the image, and what goes behind the subject (nothing:
+    a transparent PNG; ``bg_image``, ``bg_color`` as ``[r, g, b]``, or the image's own
+    background blurred)."""
+
+    image: Image.Image | None = None
+    bg_image: Image.Image | None = None
+    bg_color: list[int] | None = None
+    blur: bool = False
+
+    IMAGES: ClassVar[tuple[str, ...]] = ("image", "bg_image")
+
+
+@dataclass
+class UpscaleJob(Job):
+    """An upscaling job: the image and the factor; the prompt fields are for diffusion
+    upscalers (Stable Diffusion x4), which are guided by text."""
+
+    image: Image.Image | None = None
+    scale: int = 4
+    prompt: str = ""
+    negative_prompt: str | None = None
+    num_inference_steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int | None = None
+
+    IMAGES: ClassVar[tuple[str, ...]] = ("image",)
+
+
+JOB_TYPES: dict[str, type[Job]] = {"ImageJob": ImageJob, "MattingJob": MattingJob, "UpscaleJob": UpscaleJob}
 
 
 def job_to_payload(job: Job) -> tuple[dict[str, Any], dict[str, bytes]]:

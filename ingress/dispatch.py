@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from deployments.catalog import deployment_name, lora_stack_id
 from deployments.errors import JobError, new_incident
 from deployments.types import Job, Result
-from ingress.contract.errors import ModelFailure, Overloaded, Timeout, ValidationFailed
+from ingress.contract.errors import ModelFailure, NoFaceInImage, Overloaded, Timeout, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,14 @@ class Dispatcher(Protocol):
         """Run ``job`` on the (family, GPU type) deployment; raise contract errors."""
 
 
+#: A family's 422s by their envelope type.
+_INVALID: dict[str, type[ValidationFailed]] = {"ValidationError": ValidationFailed, "NoFaceDetected": NoFaceInImage}
+
+
 def _job_error(exc: BaseException | None) -> Exception | None:
     """Map an error raised by the family code to a contract error, by its envelope type."""
-    if isinstance(exc, JobError) and exc.error_type == "ValidationError":
-        return ValidationFailed(exc.public)
+    if isinstance(exc, JobError) and exc.error_type in _INVALID:
+        return _INVALID[exc.error_type](exc.public)
     if isinstance(exc, JobError) and exc.error_type == "ModelError":
         return ModelFailure(exc.public)  # the detail is in the family's log under the incident
     return None

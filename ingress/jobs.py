@@ -10,29 +10,41 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
-from deployments.catalog import TASKS
-from deployments.types import ImageJob
+from deployments.catalog import TASKS, TaskSpec, avatar_prompt
+from deployments.errors import InvalidJobError
+from deployments.job_rules import check_upscale
+from deployments.types import ImageJob, Job, MattingJob, UpscaleJob
+from ingress.contract.errors import ValidationFailed
 from ingress.contract.schemas.generation import GenerationRequest
 from ingress.inputs import FetchLimits, load_image
-from ingress.inputs.images import size_for_app
-from ingress.wiring.registry import AppConfig
+from ingress.inputs.images import fit_within, size_for_app
+from ingress.wiring.registry import AppConfig, FamilyConfig
 
 _SECRET_PARAM = re.compile(r"(sig|signature|token|key|secret|credential|auth|password)", re.I)
 
 
 async def build_job(
-    app: AppConfig, req: GenerationRequest, tenant: str, request_id: str, limits: FetchLimits
-) -> ImageJob:
+    app: AppConfig, req: GenerationRequest, tenant: str, request_id: str, limits: FetchLimits,
+    family: FamilyConfig | None = None,
+) -> Job:
     """Fill the app's defaults, fetch and size the input images its task takes
-    (``deployments.catalog.TASKS``), and make the job. The first input (the
-    reference image) is sized for the app; the others follow its size."""
+    (``deployments.catalog.TASKS``), and make the job of the task's type. The first input
+    (the reference image) is sized for the app (``TaskSpec.sizing``); the others follow its
+    size. ``family`` (the app's family config) bounds upscaling jobs' output."""
     spec = TASKS[app.task]
+    if spec.job == "MattingJob":
+        return await _matting_job(app, spec, req, tenant, request_id, limits)
+    if spec.job == "UpscaleJob":
+        return await _upscale_job(app, spec, req, tenant, request_id, limits, family)
     d = app.defaults
+    prompt = req.prompt if req.prompt is not None else d.prompt
+    if app.task == "avatar":
+        prompt = avatar_prompt(req.prompt, getattr(req, "gender", None), d.prompt)
     job = ImageJob(
         task=app.task,
         tenant=tenant,
         request_id=request_id,
-        prompt=req.prompt if req.prompt is not None else d.prompt,
+        prompt=prompt,
         negative_prompt=req.negative_prompt,
         height=req.height,
         width=req.width,
@@ -55,21 +67,90 @@ async def build_job(
         safety_checker=bool(req.safety_checker if req.safety_checker is not None
                             else d.safety_checker or req.safety_checker_type is not None),
         safety_checker_type=req.safety_checker_type,
+        gender=getattr(req, "gender", None),
+        remove_background=bool(getattr(req, "remove_background", False)),
+        bg_color=_hex(getattr(req, "bg_color", None)),
     )
     if spec.strength is not None:
         strength = getattr(req, "strength", None)
         job.strength = strength if strength is not None else d.strength
-    if not spec.inputs:
+    if not spec.inputs or spec.output_size == "request":
         job.height = job.height or d.height
         job.width = job.width or d.width
-        return job
+        if not spec.inputs:
+            return job
     images = await asyncio.gather(*(load_image(getattr(req, i.field), i.field, limits) for i in spec.inputs))
+    if spec.sizing == "fit":
+        job.image = await asyncio.to_thread(fit_within, images[0], int(app.limits.width.max), int(app.limits.height.max))
+        return job
     first = await asyncio.to_thread(size_for_app, images[0], req.width, req.height, app.app_id, app.limits)
     setattr(job, spec.inputs[0].job_attr, first)
     job.width, job.height = first.size
     for item, image in zip(spec.inputs[1:], images[1:]):
         setattr(job, item.job_attr, await asyncio.to_thread(_follow, image, item.mode, first.size))
     return job
+
+
+async def _inputs(app: AppConfig, spec: TaskSpec, req: GenerationRequest, limits: FetchLimits) -> list[Image.Image | None]:
+    """The task's input images, each fitted within the app's largest sides (aspect kept); None for
+    an optional one left out."""
+    async def one(field: str) -> Image.Image | None:
+        value = getattr(req, field, None)
+        if not value:
+            return None
+        image = await load_image(value, field, limits)
+        return await asyncio.to_thread(fit_within, image, int(app.limits.width.max), int(app.limits.height.max))
+
+    return list(await asyncio.gather(*(one(item.field) for item in spec.inputs)))
+
+
+async def _matting_job(app: AppConfig, spec: TaskSpec, req: GenerationRequest, tenant: str, request_id: str,
+                       limits: FetchLimits) -> MattingJob:
+    image, background = await _inputs(app, spec, req, limits)
+    color = None
+    bg_color = getattr(req, "bg_color", None)
+    if bg_color is True:  # the channels; one left out is 255
+        color = [255 if c is None else c for c in (req.r_color, req.g_color, req.b_color)]  # type: ignore[attr-defined]
+    elif isinstance(bg_color, str) and bg_color:
+        color = list(_rgb(bg_color))
+    return MattingJob(task=app.task, tenant=tenant, request_id=request_id, return_bytes=req.base64, image=image,
+                      bg_image=background, bg_color=color, blur=bool(getattr(req, "blur", False)))
+
+
+async def _upscale_job(app: AppConfig, spec: TaskSpec, req: GenerationRequest, tenant: str, request_id: str,
+                       limits: FetchLimits, family: FamilyConfig | None) -> UpscaleJob:
+    (image,) = await _inputs(app, spec, req, limits)
+    assert image is not None  # a required input (checked with the app's rules)
+    scale = getattr(req, "scale", None) or app.defaults.scale
+    if family is not None:
+        try:
+            check_upscale(image.width, image.height, scale, family.max_output_pixels,
+                          (4,) if app.task == "sd_upscale" else (2, 4, 8))
+        except InvalidJobError as exc:
+            raise ValidationFailed(exc.public) from None
+    d = app.defaults
+    return UpscaleJob(
+        task=app.task, tenant=tenant, request_id=request_id, return_bytes=req.base64, image=image, scale=scale,
+        prompt=req.prompt if req.prompt is not None else d.prompt, negative_prompt=req.negative_prompt,
+        num_inference_steps=req.num_inference_steps or d.num_inference_steps,
+        guidance_scale=req.guidance_scale if req.guidance_scale is not None else d.guidance_scale, seed=req.seed,
+    )
+
+
+def _rgb(value: str) -> tuple[int, int, int]:
+    from deployments.pipelines.compositing import parse_hex_color
+
+    try:
+        return parse_hex_color(value)
+    except InvalidJobError as exc:
+        raise ValidationFailed(exc.public) from None
+
+
+def _hex(value: object) -> str | None:
+    """A hex colour as ``#RRGGBB`` (the job's form); anything else: none."""
+    if not isinstance(value, str) or not value:
+        return None
+    return "#%02X%02X%02X" % _rgb(value)
 
 
 def _follow(image: Image.Image, mode: str, size: tuple[int, int]) -> Image.Image:

@@ -10,6 +10,8 @@ implements three hooks:
   runs (e.g. fetching a multiplexed LoRA stack); its result goes to ``produce``;
 * ``produce(job, on_step, prepared)`` — blocking model code (run in a thread, one job
   at a time per replica): returns whatever ``package`` needs;
+* ``finish(job, produced, prepared)`` — optional, async, after the model lock is released
+  (e.g. post-processing through another family's deployment): returns what ``package`` gets;
 * ``package(job, produced)`` — blocking, outside the model lock: the output files
   as :class:`Packaged` (bytes, content type, per-output meta) and the result meta;
 * ``facts()`` / ``loaded()`` — what ``info()`` and the health check add.
@@ -45,6 +47,7 @@ logger = logging.getLogger("deployments.families")
 OnStep = Callable[[int, int], None]
 J = TypeVar("J", bound=Job)
 STALL_SECONDS = 300.0  # a job without a finished step for this long fails the health check
+HELPER_SECONDS = 120.0  # how long a call to another family's deployment may take
 
 
 @dataclass
@@ -136,6 +139,7 @@ class FamilyBase(ABC, Generic[J]):
 
         self.tasks = TaskStore(store)
         self.owner = replica_id()
+        self.helpers: dict[str, Any] = {}  # other families' deployment handles, by kind (set by a subclass)
         self.clock = StepClock()
         self._lock = asyncio.Lock()  # one job at a time on the event loop (waiting costs no thread)
         self._model_lock = threading.RLock()  # and in threads: a cancelled request's thread may still run
@@ -148,6 +152,10 @@ class FamilyBase(ABC, Generic[J]):
     @abstractmethod
     def produce(self, job: J, on_step: OnStep | None, prepared: Any = None) -> Any:
         """Run the model on ``job`` (blocking, under the model lock)."""
+
+    async def finish(self, job: J, produced: Any, prepared: Any = None) -> Any:
+        """Async work after the model ran, outside the job lock (default: none)."""
+        return produced
 
     @abstractmethod
     def package(self, job: J, produced: Any) -> tuple[list[Packaged], dict[str, Any]]:
@@ -165,12 +173,40 @@ class FamilyBase(ABC, Generic[J]):
         """Kind-specific facts for ``info()`` (plain JSON)."""
         return {}
 
+    async def call_helper(self, kind: str, method: str, *args: Any, timeout: float = HELPER_SECONDS) -> Any:
+        """Call ``method`` on the ``kind`` family deployment this one was bound with (e.g. the
+        background-removal family's ``mask``). Its job errors (a 422) come back as they were raised;
+        anything else fails this job as a model error."""
+        handle = self.helpers.get(kind)
+        if handle is None:
+            raise RuntimeError(f"no {kind} family is wired to this deployment")
+        response = getattr(handle, method).remote(*args)
+        try:
+            return await asyncio.wait_for(response, timeout)
+        except TimeoutError:
+            response.cancel()
+            raise RuntimeError(f"the {kind} family did not answer within {timeout:g} s") from None
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, JobError):
+                raise cause from None
+            raise
+
     # -- running a job ----------------------------------------------------
     async def _prepare(self, job: J) -> Any:
         """``prepare`` with failures mapped as the model's own: a job error passes through,
         anything else is a logged ``ModelError`` (not mistaken for an object-store outage)."""
         try:
             return await self.prepare(job)
+        except JobError:
+            raise
+        except Exception as exc:
+            raise model_error(exc, job) from exc
+
+    async def _finish(self, job: J, produced: Any, prepared: Any) -> Any:
+        """``finish`` with failures mapped as ``_prepare`` maps them."""
+        try:
+            return await self.finish(job, produced, prepared)
         except JobError:
             raise
         except Exception as exc:
@@ -216,7 +252,8 @@ class FamilyBase(ABC, Generic[J]):
             gen_start = time.perf_counter()
             prepared = await self._prepare(job)
             produced = await asyncio.to_thread(self._produce, job, None, prepared)
-            gen_seconds = time.perf_counter() - gen_start
+        produced = await self._finish(job, produced, prepared)
+        gen_seconds = time.perf_counter() - gen_start
         outputs, meta = await asyncio.to_thread(self._store, job, produced)
         run_seconds = time.perf_counter() - start
         STUDIO_METRICS.run(self.family, self.gpu, job.task, gen_seconds)
@@ -304,6 +341,8 @@ class FamilyBase(ABC, Generic[J]):
                 lease.check()
                 prepared = await self._prepare(job)
                 produced = await asyncio.to_thread(self._produce, job, lease.on_step, prepared)
+            lease.check()
+            produced = await self._finish(job, produced, prepared)
             lease.check()
         except TaskStopped:
             await asyncio.to_thread(lease.revoked)

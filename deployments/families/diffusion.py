@@ -69,6 +69,7 @@ class Generated:
     images: list[tuple[Image.Image, int]]
     extras: list[Image.Image] = field(default_factory=list)
     flagged: list[bool] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # what the task adds to the result's meta (e.g. the face used)
 
 
 @dataclass
@@ -178,7 +179,7 @@ class DiffusionModel:
         check_strength(job.task, job.strength, job.num_inference_steps)
         if job.task in self.handlers:
             self.handlers[job.task].check(job)
-        if not spec.inputs:
+        if not spec.inputs or spec.output_size == "request":
             factor = self.pipelines.vae_scale_factor
             for name in ("height", "width"):
                 value = getattr(job, name)
@@ -234,7 +235,8 @@ class DiffusionModel:
         kwargs["callback_on_step_end"] = _callback
         kwargs["callback_on_step_end_tensor_inputs"] = []
 
-        with self._lock, self._task_call(job) as (pipe, task_kwargs, extras), self._options(job, pipe, lora, lora_stack):
+        with self._lock, self._task_call(job) as (pipe, task_kwargs, extras, task_meta), \
+                self._options(job, pipe, lora, lora_stack):
             kwargs.update(task_kwargs)
             self._weighted_prompts(job, pipe, kwargs)
             pipe.scheduler = scheduler  # per request; safe under the lock
@@ -255,31 +257,35 @@ class DiffusionModel:
                 raise model_error(exc, job) from exc
         if len(images) != len(seeds):
             raise model_error(RuntimeError(f"pipeline returned {len(images)} images for a batch of {len(seeds)}"), job)
+        handler = self.handlers.get(job.task)
+        if handler is not None and hasattr(handler, "post"):
+            images = handler.post(job, images)
         flagged = None
         if job.safety_checker:
             images, flagged = self.options.safety.screen(images, job.safety_checker_type or DEFAULT_SAFETY_TREATMENT)
-        return Generated(list(zip(images, seeds)), extras, flagged)
+        return Generated(list(zip(images, seeds)), extras, flagged, dict(task_meta))
 
     @contextmanager
-    def _task_call(self, job: ImageJob) -> Iterator[tuple[Any, dict[str, Any], list[Image.Image]]]:
-        """The pipeline and task kwargs: the built-in tasks here, the others from their handler."""
+    def _task_call(self, job: ImageJob) -> Iterator[tuple[Any, dict[str, Any], list[Image.Image], dict[str, Any]]]:
+        """The pipeline, task kwargs, extra outputs and result meta: the built-in tasks here, the
+        others from their handler (whose ``call`` yields the first three, or all four)."""
         from PIL import Image
 
         if job.task in self.handlers:
             with self.handlers[job.task].call(job) as call:
-                yield call
+                yield (*call, {}) if len(call) == 3 else call
             return
         pipe = self.pipelines.pipeline(job.task)
         if job.task == "text2img":
             yield pipe, {"height": job.height or self.pipelines.default_height,
-                         "width": job.width or self.pipelines.default_width}, []
+                         "width": job.width or self.pipelines.default_width}, [], {}
             return
         image = job.input_image().convert("RGB")
         kwargs: dict[str, Any] = {"image": image, "strength": job.strength}
         if job.task == "inpaint":
             kwargs.update(mask_image=job.input_image("mask").convert("L").resize(image.size, Image.Resampling.NEAREST),
                           height=image.height, width=image.width)
-        yield pipe, kwargs, []
+        yield pipe, kwargs, [], {}
 
     @contextmanager
     def _options(self, job: ImageJob, pipe: Any, lora: Any, lora_stack: Any) -> Iterator[None]:
@@ -352,10 +358,12 @@ class DiffusionFamily(FamilyBase[ImageJob]):
         tasks: list[str] | None = None,
         controls: dict[str, list[str]] | None = None,
         components: dict[str, Any] | None = None,
+        helpers: dict[str, Any] | None = None,
     ):
         from deployments.loader import load_pipeline
 
         super().__init__(family=family, gpu=gpu, storage=storage, store=store, stall_seconds=stall_seconds)
+        self.helpers = dict(helpers or {})
         self.model_source = model_source
         self._stack_loads = 0  # LoRA stacks this replica has loaded (each a Serve multiplexing miss)
         components = components or {}
@@ -374,7 +382,11 @@ class DiffusionFamily(FamilyBase[ImageJob]):
         )
 
     async def prepare(self, job: ImageJob) -> Any:
-        """The job's LoRA stack, through Serve's multiplexing (None without LoRAs)."""
+        """The task's own async preparation (e.g. a subject mask from another family), then the
+        job's LoRA stack, through Serve's multiplexing (None without LoRAs)."""
+        handler = self.model.handlers.get(job.task)
+        if handler is not None and hasattr(handler, "prepare"):
+            await handler.prepare(job, self.call_helper)
         stack_id = lora_stack_id(job.lora_model)
         if not stack_id or self.model.options.loras is None:
             return None
@@ -396,6 +408,13 @@ class DiffusionFamily(FamilyBase[ImageJob]):
     def describe(self, prepared: Any) -> dict[str, str]:
         return {"lora_stack": "loaded" if prepared.fresh else "warm"} if prepared is not None else {}
 
+    async def finish(self, job: ImageJob, produced: Generated, prepared: Any = None) -> Generated:
+        """The task's own post-processing, outside the model lock (e.g. Face Avatar's background)."""
+        handler = self.model.handlers.get(job.task)
+        if handler is not None and hasattr(handler, "finish"):
+            return await handler.finish(job, produced, self.call_helper)
+        return produced
+
     def produce(self, job: ImageJob, on_step: OnStep | None, prepared: Any = None) -> Generated:
         return self.model.generate(job, on_step=on_step, lora_stack=prepared.stack if prepared is not None else None)
 
@@ -411,6 +430,7 @@ class DiffusionFamily(FamilyBase[ImageJob]):
             meta["control_image"] = True  # the last output is the control image
         if produced.flagged is not None:
             meta["nsfw"] = produced.flagged
+        meta.update(produced.meta)
         return files, meta
 
     def loaded(self) -> bool:

@@ -27,6 +27,12 @@ class ValidationFailed(StudioError):
     status_code = 422
 
 
+class NoFaceInImage(ValidationFailed):
+    """A face app's input image holds no face the detector finds."""
+
+    error_type = "NoFaceDetected"
+
+
 class InputFetchError(StudioError):
     """A user-supplied input (URL, data URI, base64) could not be fetched or decoded."""
 

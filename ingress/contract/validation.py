@@ -10,6 +10,7 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen, MultipleOf
 from pydantic import BaseModel, ValidationError
 
 from deployments.catalog import TASKS
+from deployments.errors import InvalidJobError
 from ingress.contract.errors import ValidationFailed
 from ingress.contract.schemas.generation import GenerationRequest
 from ingress.wiring.registry import AppConfig, Registry
@@ -96,6 +97,55 @@ _TASK_OPTIONS = sorted({o for spec in TASKS.values() for o in spec.options})
 _IMAGE_FIELDS = sorted({i.field for spec in TASKS.values() for i in spec.inputs})
 
 
+def _given(value: Any) -> bool:
+    """A field the client set to something (not left out, false or empty)."""
+    return value is not None and value is not False and value != ""
+
+
+def _no_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
+    return None
+
+
+def _hex_problem(value: str) -> str | None:
+    from deployments.pipelines.compositing import parse_hex_color
+
+    try:
+        parse_hex_color(value)
+    except InvalidJobError as exc:
+        return exc.public
+    return None
+
+
+def _matting_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
+    """Background Removal: one background at most; the colour channels go with ``bg_color: true``."""
+    chosen = [name for name in ("bg_image", "bg_color", "blur") if _given(getattr(req, name))]
+    if len(chosen) > 1:
+        problems.append(f"{', '.join(chosen)}: choose one background (bg_image, bg_color or blur); "
+                        "none gives a transparent PNG")
+    channels = [name for name in ("r_color", "g_color", "b_color") if getattr(req, name) is not None]
+    if channels and req.bg_color is not True:
+        problems.append(f"{', '.join(channels)}: only with bg_color: true; send bg_color: true or omit them")
+    if isinstance(req.bg_color, str):
+        if (problem := _hex_problem(req.bg_color)) is not None:
+            problems.append(problem)
+
+
+def _avatar_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
+    """Face Avatar: ``bg_color`` is a hex colour."""
+    if req.bg_color is True:
+        problems.append("bg_color: Face Avatar apps take a hex colour such as #FFFFFF; allowed: #RGB or #RRGGBB")
+    elif isinstance(req.bg_color, str) and (problem := _hex_problem(req.bg_color)) is not None:
+        problems.append(problem)
+
+
+def _sd_upscale_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
+    if req.scale is not None and req.scale != 4:
+        problems.append(f"scale: app {app.app_id} (Stable Diffusion x4) makes 4x only; allowed: 4")
+
+
+_TASK_RULES = {"remove_background": _matting_rules, "avatar": _avatar_rules, "sd_upscale": _sd_upscale_rules}
+
+
 def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tuple[AppConfig, str]:
     """Apply the app's rules; return the app and the GPU type to run on."""
     app = registry.app(req.app_id)
@@ -133,8 +183,16 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
     if req.priority is not None and not req.celery:
         problems.append("priority: only async tasks (celery: true) are queued by priority")
     for field in _TASK_OPTIONS:
-        if field not in spec.options and getattr(req, field, None) not in (None, False, ""):
+        if field not in spec.options and _given(getattr(req, field, None)):
             problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not support it; omit it or send false")
+    for field in spec.refuses:
+        value = getattr(req, field, None)
+        if _given(value) and not (field == "batch" and value == 1):
+            allowed_value = "; allowed: 1" if field == "batch" else ""
+            problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not take it; omit it{allowed_value}")
+    if spec.strength is None and getattr(req, "strength", None) is not None:
+        problems.append(f"strength: app {app.app_id} ({spec.summary}) does not take it; omit it")
+    _TASK_RULES.get(app.task, _no_rules)(app, req, problems)
     if req.safety_checker_type is not None and req.safety_checker is False:
         problems.append("safety_checker_type: it applies only with safety_checker: true (or left out)")
     taken = {i.field for i in spec.inputs}

@@ -205,6 +205,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 
 
+def fit_within(image: Image.Image, max_width: int, max_height: int) -> Image.Image:
+    """``image`` as it is, or shrunk (aspect kept, Lanczos) until it fits ``max_width`` x ``max_height``;
+    never enlarged, never rounded (tasks whose output follows the input's own size)."""
+    iw, ih = image.size
+    scale = min(1.0, max_width / iw, max_height / ih)
+    if scale >= 1.0:
+        return image
+    size = (max(1, math.floor(iw * scale)), max(1, math.floor(ih * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
 def size_for_app(
     image: Image.Image, width: int | None, height: int | None, app_id: str, lim: Any
 ) -> Image.Image:

@@ -34,11 +34,13 @@ def _with_env(actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, A
 
 
 def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) -> dict[str, Application]:
-    """One bound family deployment per (family, GPU type), keyed by deployment name."""
+    """One bound family deployment per (family, GPU type), keyed by deployment name. A family
+    that calls others (``helpers``) is bound after them, with their handles."""
     secrets = secrets if secrets is not None else Secrets.read()
     models_dir = config.models_path()
     bound: dict[str, Application] = {}
-    for family_name, gpu in config.deployment_keys():
+    keys = sorted(config.deployment_keys(), key=lambda key: bool(config.families[key[0]].helpers))
+    for family_name, gpu in keys:
         family = config.families[family_name]
         name = deployment_name(family_name, gpu)
         options = with_queue_policy(family.options_for(gpu).serve_options())
@@ -59,8 +61,9 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
             max_side=family.max_side,
             stall_seconds=family.stall_seconds,
             **_kind_args(config, family_name, models_dir),
+            **_helper_args(config, family_name, gpu, bound),
         )
-    return bound
+    return {deployment_name(f, g): bound[deployment_name(f, g)] for f, g in config.deployment_keys()}
 
 
 def with_queue_policy(options: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +88,25 @@ def coordinator_view(config: ServiceConfig) -> dict[str, dict[str, Any]]:
 
 
 def _kind_args(config: ServiceConfig, family_name: str, models_dir) -> dict[str, Any]:
-    """Constructor arguments of a diffusion family: the tasks and controls its apps use, its components."""
+    """Constructor arguments by kind: a diffusion family gets the tasks and controls its apps use
+    and its components; an upscaler its output cap (and tiling)."""
     family = config.families[family_name]
-    if family.kind != "diffusion":
+    if family.kind == "diffusion":
+        tasks, controls = config.family_tasks(family_name)
+        return {"tasks": tasks, "controls": controls, "components": family.components.resolve(models_dir)}
+    if family.kind == "upscaler":
+        return {"max_output_pixels": family.max_output_pixels, "tile": family.tile, "tile_overlap": family.tile_overlap}
+    if family.kind == "sd_upscaler":
+        return {"max_output_pixels": family.max_output_pixels}
+    return {}
+
+
+def _helper_args(config: ServiceConfig, family_name: str, gpu: str, bound: dict[str, Application]) -> dict[str, Any]:
+    """``helpers``: handles (bound deployments) of the families this one calls, by kind."""
+    helpers = config.helper_deployments(family_name, gpu)
+    if not helpers:
         return {}
-    tasks, controls = config.family_tasks(family_name)
-    return {"tasks": tasks, "controls": controls, "components": family.components.resolve(models_dir)}
+    return {"helpers": {kind: bound[deployment_name(f, g)] for kind, (f, g) in helpers.items()}}
 
 
 def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Application:

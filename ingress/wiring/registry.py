@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.catalog import KINDS, TASKS, GpuType, Preprocessor, route_tasks
+from deployments.catalog import AVATAR_PROMPT, KINDS, TASKS, GpuType, Preprocessor, UpscaleFactor, route_tasks
 
 
 class _Strict(BaseModel):
@@ -57,6 +57,7 @@ class AppDefaults(_Strict):
     strength: float = Field(0.7, ge=0, le=1)
     prompt: str = "a beautiful painting"
     safety_checker: bool = Field(False, description="Whether requests that leave `safety_checker` out are checked.")
+    scale: UpscaleFactor = Field(4, description="Upscaling apps: the factor when a request leaves `scale` out.")
 
 
 class ModelSource(_Strict):
@@ -167,6 +168,10 @@ class FamilyComponents(_Strict):
     loras: ModelSource | None = Field(None, description="A directory of <name>.safetensors LoRAs.")
     vaes: ModelSource | None = Field(None, description="A directory of named VAEs (<name>/config.json).")
     safety_checker: ModelSource | None = None
+    face_analysis: ModelSource | None = Field(
+        None, description="An insightface model pack directory (detection + recognition ONNX) for face tasks.")
+    face_adapter: ModelSource | None = Field(
+        None, description="An IP-Adapter FaceID directory (h94/IP-Adapter-FaceID layout) for face tasks.")
     token_merging: TokenMerging = Field(default_factory=lambda: TokenMerging())
 
     def resolve(self, models_dir: Path) -> dict[str, Any]:
@@ -176,7 +181,8 @@ class FamilyComponents(_Strict):
                             for name, c in self.controlnets.items()},
             "token_merging": self.token_merging.model_dump(),
         }
-        for name in ("depth_estimator", "pose_estimator", "ip_adapter", "loras", "vaes", "safety_checker"):
+        for name in ("depth_estimator", "pose_estimator", "ip_adapter", "loras", "vaes", "safety_checker",
+                     "face_analysis", "face_adapter"):
             source = getattr(self, name)
             out[name] = source.resolve(models_dir) if source is not None else None
         return out
@@ -194,6 +200,18 @@ class FamilyConfig(_Strict):
         300, gt=0, description="A generation that finishes no step for this long fails the replica's health check."
     )
     components: FamilyComponents = FamilyComponents()
+    helpers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Families this one calls by Serve handle, by kind (e.g. `{matting: rembg}`: subject masks "
+        "for Replace Background and Face Avatar). The call goes to the helper's deployment on the same GPU type "
+        "when it has one, else to its first.",
+    )
+    max_output_pixels: int = Field(
+        4096 * 4096, ge=64 * 64, le=16384 * 16384,
+        description="Upscaling families: the largest output (width x height) a job may ask for; more is a 422.",
+    )
+    tile: int = Field(256, ge=32, le=4096, description="Upscaling families: tile side (input pixels) per model call.")
+    tile_overlap: int = Field(16, ge=0, le=256, description="Upscaling families: context pixels around each tile.")
     deployment: DeploymentOptions = DeploymentOptions()
     #: Per-GPU-type overrides of ``deployment`` (e.g. more replicas on a100).
     per_gpu: dict[GpuType, DeploymentOptions] = Field(default_factory=dict)
@@ -239,6 +257,8 @@ class AppConfig(_Strict):
                 raise ValueError(f"{self.app_id}: default {side} {value} is outside its limits")
         if d.num_inference_steps > lim.steps_max:
             raise ValueError(f"{self.app_id}: default steps exceed steps_max")
+        if self.task == "avatar" and "prompt" not in d.model_fields_set:  # seed 000's avatar prompt
+            object.__setattr__(self, "defaults", d.model_copy(update={"prompt": AVATAR_PROMPT}))
         return self
 
     @property
@@ -304,10 +324,37 @@ class ServiceConfig(_Strict):
             if max(app.limits.height.max, app.limits.width.max) > side:
                 raise ValueError(f"app {app.app_id}: its size limits exceed family {app.family}'s max_side {side}")
             _check_components(app, self.families[app.family].components)
+            self._check_helpers(app)
             for gpu in app.inference_types:
                 if gpu not in self.gpu_pools:
                     raise ValueError(f"app {app.app_id}: GPU type {gpu!r} has no gpu_pools entry")
         return self
+
+    def _check_helpers(self, app: AppConfig) -> None:
+        """A task that calls another family kind needs its family to name a deployed family of that kind."""
+        family = self.families[app.family]
+        for kind in TASKS[app.task].helpers:
+            helper = family.helpers.get(kind)
+            if helper is None:
+                raise ValueError(f"app {app.app_id}: task {app.task} needs family {app.family}'s helpers.{kind} "
+                                 f"naming a {kind} family")
+            if helper not in self.families or self.families[helper].kind != kind:
+                raise ValueError(f"app {app.app_id}: helpers.{kind} of family {app.family} must name a {kind} family, "
+                                 f"not {helper!r}")
+            if self.families[helper].helpers:
+                raise ValueError(f"family {helper}: a helper family cannot call helpers of its own")
+            if not any(a.family == helper for a in self.apps):
+                raise ValueError(f"app {app.app_id}: helper family {helper} has no app, so it is not deployed")
+
+    def helper_deployments(self, family: str, gpu: str) -> dict[str, tuple[str, str]]:
+        """The (family, GPU type) each helper kind of ``family`` is called on from its ``gpu`` deployment."""
+        keys = self.deployment_keys()
+        out: dict[str, tuple[str, str]] = {}
+        for kind, helper in self.families[family].helpers.items():
+            gpus = [g for f, g in keys if f == helper]
+            if gpus:
+                out[kind] = (helper, gpu if gpu in gpus else gpus[0])
+        return out
 
     def models_path(self) -> Path:
         raw = os.path.expandvars(self.models_dir)
@@ -353,6 +400,8 @@ def _check_components(app: AppConfig, components: FamilyComponents) -> None:
         raise ValueError(f"app {app.app_id}: `control` is only for ControlNet tasks")
     if spec.component == "ip_adapter" and components.ip_adapter is None:
         raise ValueError(f"app {app.app_id}: task {app.task} needs the family's ip_adapter")
+    if spec.component == "face_id" and (components.face_analysis is None or components.face_adapter is None):
+        raise ValueError(f"app {app.app_id}: task {app.task} needs the family's face_analysis and face_adapter")
     if app.defaults.safety_checker and components.safety_checker is None:
         raise ValueError(f"app {app.app_id}: defaults.safety_checker needs the family's safety_checker")
 

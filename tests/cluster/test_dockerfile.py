@@ -40,8 +40,10 @@ def test_python_and_torch_follow_pyproject(lines: list[str]) -> None:
     assert args["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/cu")
     assert args["PYTHON_VERSION"] == "3.11" and ">=3.11,<3.12" == project["requires-python"]
     torch_at = next(i for i, line in enumerate(lines) if '--index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"' in line)
-    project_at = next(i for i, line in enumerate(lines) if "uv pip install --no-cache ." in line)
+    project_at = next(i for i, line in enumerate(lines) if 'uv pip install --no-cache ".[upscale]"' in line)
     assert torch_at < project_at, "torch must come from the CUDA index before the project pulls it from PyPI"
+    # torchvision (spandrel's) from the same CUDA index as torch, never PyPI's build for another torch.
+    assert lines[torch_at].endswith('"${TORCH_SPEC}" torchvision')
 
 
 def test_copied_sources_exist_and_cover_the_packages(lines: list[str]) -> None:

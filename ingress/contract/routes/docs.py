@@ -91,6 +91,13 @@ def _fold_nullables(properties: dict[str, Any]) -> None:
     the same values, one combinator fewer for generators to expand."""
     for name, prop in properties.items():
         branches = prop.get("anyOf")
+        if branches and len(branches) > 2 and _plain_types(branches):  # e.g. boolean | string | null
+            rest = {k: v for k, v in prop.items() if k != "anyOf"}
+            merged: dict[str, Any] = {"type": [b["type"] for b in branches]}
+            for branch in branches:
+                merged.update((k, v) for k, v in branch.items() if k != "type")
+            properties[name] = {**rest, **merged}
+            continue
         if not branches or len(branches) != 2 or branches[1] != {"type": "null"}:
             continue
         first = branches[0]
@@ -101,6 +108,14 @@ def _fold_nullables(properties: dict[str, Any]) -> None:
         if "enum" in folded:
             folded["enum"] = [*folded["enum"], None]
         properties[name] = {**rest, **folded}
+
+
+def _plain_types(branches: list[dict[str, Any]]) -> bool:
+    """Branches that differ only by type (keywords of one type apply to it alone), so a type list says the same."""
+    types = [b.get("type") for b in branches]
+    keyed = [b for b in branches if set(b) - {"type"}]
+    return (all(isinstance(t, str) for t in types) and len(set(types)) == len(types) and len(keyed) <= 1
+            and all(set(b) <= {"type", "minLength", "maxLength", "pattern"} for b in branches))
 
 
 def _publish_flags(model: type[BaseModel], properties: dict[str, Any]) -> None:
@@ -151,8 +166,25 @@ def _app_rules(app: AppConfig, properties: dict[str, Any]) -> dict[str, Any]:
             props[field] = _EMPTY
     for option in sorted({o for s in TASKS.values() for o in s.options} & set(properties)):
         if option not in spec.options:
-            props[option] = {"anyOf": [{"enum": [False, None]}, _FALSE]}
+            props[option] = _absent(option, properties[option])
+    for field in spec.refuses:
+        if field in properties:
+            props[field] = _absent(field, properties[field])
+    if spec.strength is None and "strength" in properties:
+        props["strength"] = {"type": "null"}
     return {"properties": props, "required": required}
+
+
+def _absent(name: str, prop: dict[str, Any]) -> dict[str, Any]:
+    """What a field an app does not take may be: left out, null, false or empty (batch: 1)."""
+    if name == "batch":
+        return {"type": "integer", "minimum": 1, "maximum": 1}
+    text = json.dumps(prop)
+    if '"boolean"' in text:  # no combinator here: generators expand every anyOf of every branch
+        return {"enum": [False, None]}
+    if '"string"' in text:
+        return _EMPTY
+    return {"type": "null"}
 
 
 def _app_branches(apps: list[AppConfig], properties: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 
 from deployments.catalog import TASKS, deployment_name
 from deployments.metrics import STUDIO_METRICS
-from deployments.types import Result
+from deployments.types import ImageJob, Result
 from ingress.contract.auth import Tenant
 from ingress.contract.envelopes import envelope_response
 from ingress.contract.errors import ValidationFailed
@@ -73,7 +73,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         if studio.admission is not None:
             await studio.admission.check(tenant, req.batch, task=False)
         request_id = uuid.uuid4().hex
-        job = await build_job(app, req, tenant, request_id, limits)
+        job = await build_job(app, req, tenant, request_id, limits, studio.registry.config.families[app.family])
         await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
         result = await studio.dispatcher.run(app.family, gpu, job, settings.sync_timeout_seconds)
         output, expires_at = await _outputs(studio, result)
@@ -97,6 +97,8 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         return envelope_response(env, headers=headers)
 
     async def check_for_model(app, gpu: str, job, wait: bool) -> None:
+        if not isinstance(job, ImageJob):
+            return  # the model-dependent checks are the diffusion families' (others check all at the ingress)
         facts = None
         if studio.facts is not None:
             facts = await studio.facts.get(deployment_name(app.family, gpu), wait=wait)
@@ -118,7 +120,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             if not settings.has_webhook_secret(tenant):
                 raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
             await check_webhook_destination(req.webhook, limits)
-        job = await build_job(app, req, tenant, "pending", limits)
+        job = await build_job(app, req, tenant, "pending", limits, studio.registry.config.families[app.family])
         await check_for_model(app, gpu, job, wait=True)
         if studio.admission is not None:  # counted just before its record is written (ingress.tasks.quotas)
             await studio.admission.check(tenant, req.batch, task=True)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from deployments.catalog import MAX_SEED, GpuType
+from deployments.catalog import MAX_SEED, Gender, GpuType, UpscaleFactor
 from deployments.pipelines.safety import SafetyTreatment
 from deployments.schedulers import SchedulerName
 
@@ -31,6 +31,10 @@ def _yes_no(value: Any) -> Any:
 
 
 Flag = Annotated[bool, BeforeValidator(_yes_no)]
+#: ``bg_color``: a flag on Background Removal apps (the colour is ``r_color``/``g_color``/``b_color``),
+#: a hex colour on Face Avatar apps (Background Removal takes a hex colour too).
+ColorOrFlag = Annotated[bool | Annotated[str, StringConstraints(min_length=1, max_length=9)], BeforeValidator(_yes_no)]
+_CHANNEL = "0..255; with bg_color: true on Background Removal apps (a channel left out is 255)."
 
 
 class GenerationRequest(BaseModel):
@@ -123,4 +127,29 @@ class ImageToImageRequest(GenerationRequest):
         None,
         max_length=30_000_000,
         description="Inpainting mask (white: repaint, black: keep): URL, data: URI or base64; resized to the image.",
+    )
+    # Face Avatar (seed 000).
+    gender: Gender | None = Field(
+        None, description="Face Avatar apps: fills the default prompt's {gender_word} (man, woman, person); default neutral."
+    )
+    remove_background: bool | None = Field(
+        None, description="Face Avatar apps: a transparent PNG (the background removed from the generated image)."
+    )
+    # Background Removal (seed 000); bg_color also on Face Avatar apps.
+    bg_color: ColorOrFlag | None = Field(
+        None, description="Background Removal apps: true to put r_color/g_color/b_color behind the subject (or a hex "
+        "colour such as #FFFFFF); Face Avatar apps: a hex colour for the background.",
+    )
+    bg_image: str | None = Field(
+        None, max_length=30_000_000,
+        description="Background Removal apps: a picture to put behind the subject (URL, data: URI or base64); "
+        "it covers the image, centred.",
+    )
+    r_color: int | None = Field(None, ge=0, le=255, description="Red " + _CHANNEL)
+    g_color: int | None = Field(None, ge=0, le=255, description="Green " + _CHANNEL)
+    b_color: int | None = Field(None, ge=0, le=255, description="Blue " + _CHANNEL)
+    blur: bool | None = Field(None, description="Background Removal apps: blur the image's own background instead.")
+    # Upscaling.
+    scale: UpscaleFactor | None = Field(
+        None, description="Upscaling apps: 2, 4 or 8 (Stable Diffusion x4 apps: 4); default the app's (4)."
     )

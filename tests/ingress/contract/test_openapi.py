@@ -53,8 +53,8 @@ class _Family:
 
     async def run(self, family, gpu, job, timeout):
         outputs = [Output(key=f"tenants/{job.tenant}/images/{job.request_id}/{i}.png", content_type="image/png")
-                   for i in range(job.batch)]
-        return Result(outputs=outputs, meta={"seeds": list(range(job.batch))})
+                   for i in range(getattr(job, "batch", 1))]
+        return Result(outputs=outputs, meta={"seeds": list(range(getattr(job, "batch", 1)))})
 
 
 def _studio(root: Path, tasks: bool = True) -> Studio:

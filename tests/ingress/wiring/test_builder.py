@@ -19,17 +19,44 @@ def _args():
 def test_family_deployments_are_pinned_to_their_gpu_type(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
     bound = family_deployments(ServiceConfig.model_validate(_args()))
-    assert set(bound) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
+    assert list(bound) == DEPLOYMENTS  # registry order, whatever the binding order
+    models = {"rembg": "tiny-saliency", "esrgan": "tiny-esrgan-4x", "sd-x4": "tiny-sd-x4-upscaler"}
     for name, app in bound.items():
         d = app._bound_deployment
         gpu = name.rsplit("-", 1)[1]
         assert d.name == name
         assert d.ray_actor_options["resources"] == {gpu: 1}
         assert d.ray_actor_options["num_cpus"] == 0
-        assert d.max_ongoing_requests == 2 and d.max_queued_requests == 8
         family = name.rsplit("-", 1)[0]
-        assert d.init_args[0] == str(tmp_path / f"tiny-{family}")
+        if family in ("sd15", "sdxl"):
+            assert d.max_ongoing_requests == 2 and d.max_queued_requests == 8
+        assert d.init_args[0] == str(tmp_path / models.get(family, f"tiny-{family}"))
         assert d.init_kwargs["gpu"] == gpu
+
+
+DEPLOYMENTS = ["sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100", "rembg-a10g", "esrgan-a10g", "sd-x4-a10g"]
+
+
+def test_each_kind_gets_its_own_arguments_and_helpers_their_handles(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    args = _args()
+    args["families"]["esrgan"].update(max_output_pixels=1_000_000, tile=128, tile_overlap=8)
+    bound = family_deployments(ServiceConfig.model_validate(args))
+    esrgan = bound["esrgan-a10g"]._bound_deployment.init_kwargs
+    assert (esrgan["max_output_pixels"], esrgan["tile"], esrgan["tile_overlap"]) == (1_000_000, 128, 8)
+    assert "tasks" not in esrgan and "helpers" not in esrgan
+    assert bound["sd-x4-a10g"]._bound_deployment.init_kwargs["max_output_pixels"] == 2048 * 2048
+    for gpu in ("a100", "h100"):  # rembg runs on a10g only: both sdxl deployments call that one
+        sdxl = bound[f"sdxl-{gpu}"]._bound_deployment.init_kwargs
+        assert sdxl["helpers"]["matting"] is bound["rembg-a10g"]
+        assert {"face", "avatar", "replace_background"} <= set(sdxl["tasks"])
+        assert sdxl["components"]["face_analysis"] == str(tmp_path / "tiny-face-pack")
+    assert "helpers" not in bound["sd15-a10g"]._bound_deployment.init_kwargs
+    args["apps"].append({"app_id": "ap-rembg-a100", "name": "x", "family": "rembg", "task": "remove_background",
+                         "inference_types": ["a100"]})
+    bound = family_deployments(ServiceConfig.model_validate(args))
+    assert bound["sdxl-a100"]._bound_deployment.init_kwargs["helpers"]["matting"] is bound["rembg-a100"]
+    assert bound["sdxl-h100"]._bound_deployment.init_kwargs["helpers"]["matting"] is bound["rembg-a10g"]
 
 
 def test_build_app_binds_the_ingress_with_every_handle(tmp_path, monkeypatch):
@@ -39,7 +66,7 @@ def test_build_app_binds_the_ingress_with_every_handle(tmp_path, monkeypatch):
     assert d.name == "ingress"
     assert d.max_ongoing_requests == 64 and d.max_queued_requests == 256
     config, handles, coordinator = d.init_args
-    assert set(handles) == {"sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100"}
+    assert list(handles) == DEPLOYMENTS
     tasks = coordinator._bound_deployment
     assert tasks.name == "tasks" and tasks.num_replicas == 1
     assert set(tasks.init_args[0]) == set(handles)

@@ -47,7 +47,8 @@ def test_public_view_has_no_model_sources(registry):
 
 def test_one_deployment_per_family_and_gpu(registry):
     keys = registry.config.deployment_keys()
-    assert keys == [("sd15", "a10g"), ("sd15", "a100"), ("sdxl", "a100"), ("sdxl", "h100")]
+    assert keys == [("sd15", "a10g"), ("sd15", "a100"), ("sdxl", "a100"), ("sdxl", "h100"), ("rembg", "a10g"),
+                    ("esrgan", "a10g"), ("sd-x4", "a10g")]
 
 
 def test_default_gpu_is_first(registry):
