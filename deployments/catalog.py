@@ -177,9 +177,9 @@ KINDS: dict[str, KindSpec] = {
                  "salient-object segmentation (ONNX): background removal, and subject masks for other families",
                  tiny_models=("tiny-saliency",)),
         KindSpec("upscaler", "deployments.families.upscale:UpscalerFamily",
-                 "ESRGAN-family upscalers loaded with spandrel, tiled", tiny_models=()),
+                 "ESRGAN-family upscalers loaded with spandrel, tiled", tiny_models=("tiny-esrgan-4x",)),
         KindSpec("sd_upscaler", "deployments.families.upscale:SDUpscalerFamily",
-                 "the Stable Diffusion x4 upscaler pipeline", tiny_models=()),
+                 "the Stable Diffusion x4 upscaler pipeline", tiny_models=("tiny-sd-x4-upscaler",)),
     )
 }
 

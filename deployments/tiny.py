@@ -362,8 +362,8 @@ MAKERS = {
     # INTEGRATION-PENDING "tiny-face-pack": _face_pack,
     # INTEGRATION-PENDING "tiny-faceid-sdxl": _faceid_sdxl,
     "tiny-saliency": _saliency,
-    # INTEGRATION-PENDING "tiny-esrgan-4x": _esrgan,
-    # INTEGRATION-PENDING "tiny-sd-x4-upscaler": _sd_x4,
+    "tiny-esrgan-4x": _esrgan,
+    "tiny-sd-x4-upscaler": _sd_x4,
 }
 
 

@@ -275,6 +275,8 @@ class AppConfig(_Strict):
             "summary": TASKS[self.task].summary,
             "strength": TASKS[self.task].strength,
             "inputs": [i.field for i in TASKS[self.task].inputs],
+            "options": list(TASKS[self.task].options),
+            "refused_fields": list(TASKS[self.task].refuses) + (["strength"] if TASKS[self.task].strength is None else []),
             "routes": [r for r, tasks in route_tasks().items() if self.task in tasks],
             "inference_types": list(self.inference_types),
             "default_inference_type": self.default_gpu,

@@ -91,3 +91,46 @@ def test_redact_replaces_webhook_urls_entirely_and_drops_user_info():
     assert echo["image"] == "https://h.example/a.png?token=REDACTED&w=2"
     assert redact(ImageToImageRequest(app_id="ap-x", image="http://[2001:db8::1]:8080/a.png"))["image"] == (
         "http://[2001:db8::1]:8080/a.png")
+
+
+# -- faces, backgrounds and upscaling --------------------------------------------------------
+
+MATTING = AppConfig(app_id="ap-m", name="m", family="f", task="remove_background", inference_types=["a10g"])
+UPSCALE = AppConfig(app_id="ap-u", name="u", family="f", task="upscale", inference_types=["a10g"])
+AVATAR = AppConfig(app_id="ap-a", name="a", family="f", task="avatar", inference_types=["a10g"],
+                   defaults={"height": 768, "width": 512})
+
+
+def _family(**kw):
+    from ingress.wiring.registry import FamilyConfig
+
+    return FamilyConfig(kind="upscaler", model={"path": "x"}, **kw)
+
+
+def test_matting_job_keeps_the_image_size_and_fills_the_colour():
+    job = _job(MATTING, (301, 157), bg_color=True, g_color=0)
+    assert type(job).__name__ == "MattingJob" and job.image.size == (301, 157)  # no rounding, no enlarging
+    assert job.bg_color == [255, 0, 255] and job.bg_image is None and not job.blur
+    job = _job(MATTING, (2000, 1000), bg_color="#0a0B0c", bg_image=_b64((40, 30)))
+    assert job.image.size == (1536, 768) and job.bg_color == [10, 11, 12] and job.bg_image.size == (40, 30)
+
+
+def test_upscale_job_refuses_an_output_over_the_cap_naming_it():
+    req = ImageToImageRequest(app_id="ap-u", image=_b64((512, 256)), scale=8)
+    job = asyncio.run(build_job(UPSCALE, req, "t", "r", FetchLimits(), _family(max_output_pixels=4096 * 2048)))
+    assert (job.scale, job.image.size) == (8, (512, 256))
+    with pytest.raises(ValidationFailed, match=r"scale: a 512x256 image at 8x would be 4096x2048 = 8388608 pixels; "
+                                               r"allowed: at most 8388607 output pixels"):
+        asyncio.run(build_job(UPSCALE, req, "t", "r", FetchLimits(), _family(max_output_pixels=4096 * 2048 - 1)))
+    job = asyncio.run(build_job(UPSCALE, ImageToImageRequest(app_id="ap-u", image=_b64((33, 17))), "t", "r",
+                                FetchLimits(), _family()))
+    assert job.scale == 4 and job.image.size == (33, 17)  # the app's default factor
+
+
+def test_avatar_job_fills_the_gender_word_and_keeps_a_custom_prompt():
+    job = _job(AVATAR, (300, 300), gender="female", bg_color="#fff", remove_background=True)
+    assert "portrait woman," in job.prompt and "{gender_word}" not in job.prompt
+    assert (job.width, job.height) == (512, 768) and job.image.size == (300, 300)  # output size: the app's
+    assert job.bg_color == "#FFFFFF" and job.remove_background and job.gender == "female"
+    assert "portrait person," in _job(AVATAR, (300, 300)).prompt
+    assert _job(AVATAR, (300, 300), prompt="a knight", gender="male").prompt == "a knight"
