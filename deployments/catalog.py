@@ -172,7 +172,7 @@ KINDS: dict[str, KindSpec] = {
                  tiny_models=("tiny-sd15", "tiny-sdxl", "tiny-controlnet-sdxl-canny", "tiny-controlnet-sdxl-depth",
                               "tiny-controlnet-sdxl-openpose", "tiny-controlnet-sd15-qrcode", "tiny-depth", "tiny-pose",
                               "tiny-ip-adapter-sd15", "tiny-ip-adapter-sdxl", "tiny-loras-sd15", "tiny-loras-sdxl",
-                              "tiny-vaes", "tiny-safety-checker")),  # INTEGRATION-PENDING "tiny-face-pack", "tiny-faceid-sdxl"),
+                              "tiny-vaes", "tiny-safety-checker", "tiny-face-pack", "tiny-faceid-sdxl")),
         KindSpec("matting", "deployments.families.matting:MattingFamily",
                  "salient-object segmentation (ONNX): background removal, and subject masks for other families",
                  tiny_models=("tiny-saliency",)),

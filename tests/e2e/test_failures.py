@@ -36,7 +36,7 @@ def cluster(tmp_path_factory, seaweed_s3):
         "STUDIO_TASK_LEASE_SECONDS": "6",
         "STUDIO_TASK_MAX_ATTEMPTS": "3",
     }
-    svc = LocalService(tmp, e2e_config(tmp), keys={KEY_A: "tenant-a"}, env=env).start()
+    svc = LocalService(tmp, e2e_config(tmp, studio_apps=False), keys={KEY_A: "tenant-a"}, env=env).start()
     yield svc
     svc.stop()
 

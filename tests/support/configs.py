@@ -14,11 +14,25 @@ LORA_APP = "ap-sd15-lora-multiplex"
 SCALE_APP = "ap-sd15-autoscaled"
 
 
-def e2e_config(tmp: Path) -> Path:
+#: The faces, backgrounds and upscaling apps (issue 9) and what only they need.
+STUDIO_TASKS = ("face", "avatar", "replace_background", "remove_background", "upscale", "sd_upscale")
+
+
+def e2e_config(tmp: Path, studio_apps: bool = True) -> Path:
     """serve_config.yaml with one tight family deployment (sd15 on a100) for the 503 test,
-    an app whose async tasks have a short deadline, and a two-replica LoRA family."""
+    an app whose async tasks have a short deadline, and a two-replica LoRA family.
+    ``studio_apps`` False leaves out the faces, backgrounds and upscaling apps and their
+    families (a cluster that tests the serving machinery starts faster without them)."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = config["applications"][0]["args"]
+    if not studio_apps:
+        args["apps"] = [a for a in args["apps"] if a["task"] not in STUDIO_TASKS]
+        used = {a["family"] for a in args["apps"]}
+        args["families"] = {name: f for name, f in args["families"].items() if name in used}
+        for family in args["families"].values():
+            family.pop("helpers", None)
+            for component in ("face_analysis", "face_adapter"):
+                family.get("components", {}).pop(component, None)
     for family in args["families"].values():  # one replica each: tests that count replicas know what runs
         family.pop("per_gpu", None)
         family["deployment"].pop("autoscaling_config", None)
