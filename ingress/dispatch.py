@@ -51,6 +51,8 @@ def classify_ray_error(exc: BaseException) -> str:
 
     if isinstance(exc, (BackPressureError, DeploymentUnavailableError)):
         return "overloaded"
+    if isinstance(exc, JobError):  # Serve's throughput-optimized transport raises the family's own exception
+        return "job"
     dead = (ray_errors.ActorDiedError, ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
             ray_errors.OutOfMemoryError, ray_errors.LocalRayletDiedError)
     if isinstance(exc, dead):
@@ -63,6 +65,12 @@ def classify_ray_error(exc: BaseException) -> str:
             return "dead"
         return "unknown" if isinstance(cause, ray_errors.RayActorError) else "error"
     return "unknown"  # ActorUnavailableError, a broken gRPC connection, anything else of the transport
+
+
+def job_cause(exc: BaseException) -> BaseException | None:
+    """The family's own error in an exception from a family call: Ray's ``RayTaskError`` wraps it
+    as ``cause``; Serve's throughput-optimized transport raises it as it is."""
+    return exc if isinstance(exc, JobError) else getattr(exc, "cause", None)
 
 
 def family_call(handle: Any, job_lora_model: str | None) -> Any:
@@ -90,7 +98,7 @@ class ServeDispatcher:
             kind = classify_ray_error(exc)
             if kind == "overloaded":
                 raise Overloaded(f"{name} is at capacity or not available; retry later", self._retry_after) from None
-            mapped = _job_error(getattr(exc, "cause", None)) if kind == "job" else None
+            mapped = _job_error(job_cause(exc)) if kind == "job" else None
             if mapped is not None:
                 raise mapped from None
             if kind in ("dead", "unknown"):

@@ -147,6 +147,8 @@ def test_what_a_failed_call_says_about_its_worker():
     assert classify_failure(ConnectionResetError()) == "unknown"
     assert classify_failure(ray_errors.RayTaskError("run_task", "tb", ValueError("a bug in the worker"))) == "error"
     assert classify_failure(ray_errors.RayTaskError("run", "tb", InvalidJobError("seed", "too big"))) == "job"
+    # Serve's throughput-optimized transport raises the family's own exception, unwrapped.
+    assert classify_failure(InvalidJobError("seed", "too big")) == "job"
     assert classify_failure(BackPressureError(num_queued_requests=3, max_queued_requests=2)) == "overloaded"
 
 
