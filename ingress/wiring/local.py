@@ -32,7 +32,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (ingress/wiring/local.py)
-EMULATED_GPUS: dict[str, float] = {"a10g": 4, "a100": 4, "h100": 4}
+#: Emulated GPUs of each type on the local node: one unit per replica pinned to that type (every
+#: family of the embedded registry, the test suite's extra ones and their autoscaled peaks fit).
+EMULATED_GPUS: dict[str, float] = {"a10g": 16, "a100": 16, "h100": 16}
 #: How long a stop may take before what is left of the node is killed.
 STOP_SECONDS = 6.0
 #: How often Ray's processes export metrics to the node's metrics agent (Ray's default: 10 s).

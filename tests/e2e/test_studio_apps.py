@@ -129,7 +129,9 @@ def test_background_removal_refuses_two_backgrounds_and_stray_channels(client, s
 # -- Replace Background ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("celery", [False, True])
-def test_replace_background_keeps_the_subjects_pixels(client, celery):
+def test_replace_background_keeps_the_subjects_pixels(client, service, celery):
+    from deployments.families.backgrounds import harden
+
     image, mask_image = draw_subject((512, 512), (150, 100, 360, 420))
     mask = np.asarray(mask_image) == 255
     env = _run(client, {"app_id": "ap-replace-background", "image": _uri(image), "prompt": "a beach at sunset",
@@ -137,7 +139,11 @@ def test_replace_background_keeps_the_subjects_pixels(client, celery):
     out = np.asarray(_image(env["output"][0]).convert("RGB"), dtype=np.int16)
     src = np.asarray(image, dtype=np.int16)
     assert out.shape == src.shape
-    assert (out[_inside(mask, 2)] == src[_inside(mask, 2)]).all()  # the subject, exactly
+    # Where the background-removal family's (hardened) mask is solid, the subject is the input, exactly;
+    # that is nearly all of the drawn subject (its mask is made at 256 px and scaled up: soft within ~4 px).
+    solid = np.asarray(harden(SaliencyModel.load(service.workdir / "models" / "tiny-saliency")(image))) == 255
+    assert (solid >= _inside(mask, 4)).all() and not (solid & _outside(mask, 4)).any()
+    assert (out[solid] == src[solid]).all()
     background = _outside(mask, 6)
     assert np.abs(out[background] - src[background]).mean() > 10  # a new background
     assert 0.2 < env["meta"]["subject_coverage"] < 0.5

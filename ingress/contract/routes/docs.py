@@ -40,7 +40,8 @@ def responses(settings: IngressSettings, *codes: int, body_bytes: int | None = N
         408: f"`RequestTimeout`: the body did not arrive within {settings.body_read_seconds:g} s.",
         413: f"`PayloadTooLarge`: the body is larger than this route accepts (at most {body_bytes} bytes).",
         422: "`ValidationError`: `error_data` names each bad field and its allowed values"
-        " (also: JSON that is not an object, or nested too deeply).",
+        " (also: JSON that is not an object, or nested too deeply); `InputFetchError`: an input image could not be"
+        " fetched or decoded; `NoFaceDetected`: a face app's image holds no face.",
         500: "`ModelError` (the model failed on a valid job) or `InternalError`; `error_data` names an incident id.",
         429: "`QuotaExceeded`: your tenant is over a quota (unfinished async tasks, or images per minute);"
         " retry after `Retry-After` seconds.",

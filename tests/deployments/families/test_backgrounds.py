@@ -166,3 +166,14 @@ def test_face_output_size_comes_from_the_job_and_no_face_is_its_own_error(avatar
     assert exc.value.error_type == "NoFaceDetected"
     with pytest.raises(InvalidJobError, match="height"):
         asyncio.run(avatar_family.run(_avatar(task="face", height=300)))  # not a multiple of 8
+
+
+def test_hardening_makes_a_nearly_solid_interior_solid():
+    from PIL import Image
+
+    from deployments.families.backgrounds import CLEAR, SOLID, harden
+
+    levels = Image.frombytes("L", (256, 1), bytes(range(256)))
+    out = list(harden(levels).getdata())
+    assert out[SOLID:] == [255] * (256 - SOLID) and out[:CLEAR + 1] == [0] * (CLEAR + 1)
+    assert out == sorted(out) and 100 < out[128] < 155
