@@ -18,7 +18,7 @@ from typing import Any
 
 from deployments.catalog import deployment_name
 from deployments.metrics import STUDIO_METRICS
-from deployments.types import ImageJob, job_to_payload
+from deployments.types import Job, job_to_payload
 from ingress.contract.errors import NotFound, ValidationFailed
 from ingress.contract.schemas.envelope import Envelope, output_meta
 from ingress.contract.schemas.generation import GenerationRequest
@@ -95,7 +95,7 @@ class TaskService:
         return min(seconds, self.settings.retention_seconds)
 
     async def submit(
-        self, route: str, app: AppConfig, gpu: str, req: GenerationRequest, job: ImageJob, echo: dict,
+        self, route: str, app: AppConfig, gpu: str, req: GenerationRequest, job: Job, echo: dict,
         tenant: str, idempotency_key: str | None, digest: str | None,
     ) -> Envelope:
         """Store a task whose job was built (inputs fetched, checked and sized) by the caller.
