@@ -108,6 +108,8 @@ AVATAR_PROMPT = (
 Gender = Literal["male", "female", "neutral"]
 GENDER_WORDS: dict[str, str] = {"male": "man", "female": "woman", "neutral": "person"}
 UpscaleFactor = Literal[2, 4, 8]
+#: The factors each upscaling task makes.
+TASK_SCALES: dict[str, tuple[int, ...]] = {"upscale": (2, 4, 8), "sd_upscale": (4,)}
 
 
 def avatar_prompt(prompt: str | None, gender: str | None, template: str = AVATAR_PROMPT) -> str:

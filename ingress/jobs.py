@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
-from deployments.catalog import TASKS, TaskSpec, avatar_prompt
+from deployments.catalog import TASK_SCALES, TASKS, TaskSpec, avatar_prompt
 from deployments.errors import InvalidJobError
 from deployments.job_rules import check_upscale
 from deployments.types import ImageJob, Job, MattingJob, UpscaleJob
@@ -109,8 +109,10 @@ async def _matting_job(app: AppConfig, spec: TaskSpec, req: GenerationRequest, t
     image, background = await _inputs(app, spec, req, limits)
     color = None
     bg_color = getattr(req, "bg_color", None)
-    if bg_color is True:  # the channels; one left out is 255
-        color = [255 if c is None else c for c in (req.r_color, req.g_color, req.b_color)]  # type: ignore[attr-defined]
+    channels = (req.r_color, req.g_color, req.b_color)  # type: ignore[attr-defined]
+    if bg_color is True or (not isinstance(bg_color, str) and any(c is not None for c in channels)):
+        # a colour background: the channels (one left out is 255)
+        color = [255 if c is None else c for c in channels]
     elif isinstance(bg_color, str) and bg_color:
         color = list(_rgb(bg_color))
     return MattingJob(task=app.task, tenant=tenant, request_id=request_id, return_bytes=req.base64, image=image,
@@ -124,8 +126,7 @@ async def _upscale_job(app: AppConfig, spec: TaskSpec, req: GenerationRequest, t
     scale = getattr(req, "scale", None) or app.defaults.scale
     if family is not None:
         try:
-            check_upscale(image.width, image.height, scale, family.max_output_pixels,
-                          (4,) if app.task == "sd_upscale" else (2, 4, 8))
+            check_upscale(image.width, image.height, scale, family.max_output_pixels, TASK_SCALES[app.task])
         except InvalidJobError as exc:
             raise ValidationFailed(exc.public) from None
     d = app.defaults

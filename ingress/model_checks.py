@@ -79,6 +79,9 @@ class ModelFacts:
         while True:
             try:
                 facts = await asyncio.wait_for(self._handles[deployment].info.remote(), 30)
+                if isinstance(facts, dict) and facts.get("kind") not in (None, "diffusion"):
+                    self._ready[deployment].set()  # other kinds' jobs are checked in full at the ingress
+                    return
                 if _well_formed(facts):
                     self._facts[deployment] = (time.monotonic(), facts)
                     self._ready[deployment].set()

@@ -117,14 +117,20 @@ def _hex_problem(value: str) -> str | None:
 
 
 def _matting_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
-    """Background Removal: one background at most; the colour channels go with ``bg_color: true``."""
-    chosen = [name for name in ("bg_image", "bg_color", "blur") if _given(getattr(req, name))]
+    """Background Removal: one background at most; colour channels ask for a colour background
+    (``bg_color: true`` implied)."""
+    if not hasattr(req, "bg_color"):
+        return
+    colour = _given(getattr(req, "bg_color", None)) or any(
+        getattr(req, c, None) is not None for c in ("r_color", "g_color", "b_color"))
+    chosen = [name for name, on in (("bg_image", _given(getattr(req, "bg_image", None))), ("bg_color", colour),
+                                    ("blur", _given(getattr(req, "blur", None)))) if on]
     if len(chosen) > 1:
         problems.append(f"{', '.join(chosen)}: choose one background (bg_image, bg_color or blur); "
                         "none gives a transparent PNG")
-    channels = [name for name in ("r_color", "g_color", "b_color") if getattr(req, name) is not None]
-    if channels and req.bg_color is not True:
-        problems.append(f"{', '.join(channels)}: only with bg_color: true; send bg_color: true or omit them")
+    channels = [name for name in ("r_color", "g_color", "b_color") if getattr(req, name, None) is not None]
+    if channels and isinstance(req.bg_color, str):
+        problems.append(f"{', '.join(channels)}: a hex bg_color already gives the colour; send one or the other")
     if isinstance(req.bg_color, str):
         if (problem := _hex_problem(req.bg_color)) is not None:
             problems.append(problem)
@@ -132,6 +138,8 @@ def _matting_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
 
 def _avatar_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
     """Face Avatar: ``bg_color`` is a hex colour."""
+    if not hasattr(req, "bg_color"):
+        return
     if req.bg_color is True:
         problems.append("bg_color: Face Avatar apps take a hex colour such as #FFFFFF; allowed: #RGB or #RRGGBB")
     elif isinstance(req.bg_color, str) and (problem := _hex_problem(req.bg_color)) is not None:
@@ -139,7 +147,7 @@ def _avatar_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
 
 
 def _sd_upscale_rules(app: AppConfig, req: Any, problems: list[str]) -> None:
-    if req.scale is not None and req.scale != 4:
+    if getattr(req, "scale", None) not in (None, 4):
         problems.append(f"scale: app {app.app_id} (Stable Diffusion x4) makes 4x only; allowed: 4")
 
 
@@ -192,7 +200,8 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
             problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not take it; omit it{allowed_value}")
     if spec.strength is None and getattr(req, "strength", None) is not None:
         problems.append(f"strength: app {app.app_id} ({spec.summary}) does not take it; omit it")
-    _TASK_RULES.get(app.task, _no_rules)(app, req, problems)
+    if spec.route == route:  # the wrong route's body lacks the task's fields: the route problem says it all
+        _TASK_RULES.get(app.task, _no_rules)(app, req, problems)
     if req.safety_checker_type is not None and req.safety_checker is False:
         problems.append("safety_checker_type: it applies only with safety_checker: true (or left out)")
     taken = {i.field for i in spec.inputs}

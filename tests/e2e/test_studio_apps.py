@@ -118,12 +118,12 @@ def test_background_removal_async_keeps_its_background_image(client, subject):
     assert (out[_outside(mask)] == (5, 6, 7)).all()
 
 
-def test_background_removal_refuses_two_backgrounds_and_stray_channels(client, subject):
+def test_background_removal_refuses_two_backgrounds(client, subject):
     image, _ = subject
     env = _refused(client, {"app_id": "ap-background-removal", "image": _uri(image), "blur": True, "bg_color": True})
     assert env["error"] == "ValidationError" and "bg_color, blur: choose one background" in env["error_data"]
-    env = _refused(client, {"app_id": "ap-background-removal", "image": _uri(image), "r_color": 3})
-    assert "r_color: only with bg_color: true" in env["error_data"]
+    env = _refused(client, {"app_id": "ap-background-removal", "image": _uri(image), "r_color": 3, "bg_image": _uri(image)})
+    assert "bg_image, bg_color: choose one background" in env["error_data"]
 
 
 # -- Replace Background ----------------------------------------------------------------------

@@ -134,3 +134,8 @@ def test_avatar_job_fills_the_gender_word_and_keeps_a_custom_prompt():
     assert job.bg_color == "#FFFFFF" and job.remove_background and job.gender == "female"
     assert "portrait person," in _job(AVATAR, (300, 300)).prompt
     assert _job(AVATAR, (300, 300), prompt="a knight", gender="male").prompt == "a knight"
+
+
+def test_colour_channels_alone_make_a_colour_background():
+    job = _job(MATTING, (50, 40), r_color=10)
+    assert job.bg_color == [10, 255, 255]

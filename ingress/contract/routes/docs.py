@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from deployments.catalog import TASKS
+from deployments.catalog import TASK_SCALES, TASKS
 from ingress.contract.schemas.envelope import Envelope
 from ingress.contract.schemas.generation import Flag
 from ingress.wiring.registry import AppConfig
@@ -173,6 +173,8 @@ def _app_rules(app: AppConfig, properties: dict[str, Any]) -> dict[str, Any]:
             props[field] = _absent(field, properties[field])
     if spec.strength is None and "strength" in properties:
         props["strength"] = {"type": "null"}
+    if app.task in TASK_SCALES and "scale" in properties:
+        props["scale"] = {"enum": [*TASK_SCALES[app.task], None]}
     return {"properties": props, "required": required}
 
 
@@ -240,5 +242,14 @@ def generation_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: 
             {"properties": {"safety_checker_type": {"type": "null"}}},
             {"properties": {"safety_checker": {"anyOf": [{"enum": [True, None]}, _TRUE]}}},
         ]})
+    if "blur" in properties:  # Background Removal: one background at most (bg_image, a colour, blur)
+        no_image = {"bg_image": _EMPTY}
+        no_colour = {"bg_color": {"enum": [False, None]}, **{c: {"type": "null"} for c in _CHANNELS}}
+        no_blur = {"blur": {"enum": [False, None]}}
+        rules.append({"anyOf": [{"properties": {**no_image, **no_blur}}, {"properties": {**no_colour, **no_image}},
+                                {"properties": {**no_colour, **no_blur}}]})
     schema["allOf"] = rules
     return schema
+
+
+_CHANNELS = ("r_color", "g_color", "b_color")

@@ -33,8 +33,9 @@ def _yes_no(value: Any) -> Any:
 Flag = Annotated[bool, BeforeValidator(_yes_no)]
 #: ``bg_color``: a flag on Background Removal apps (the colour is ``r_color``/``g_color``/``b_color``),
 #: a hex colour on Face Avatar apps (Background Removal takes a hex colour too).
-ColorOrFlag = Annotated[bool | Annotated[str, StringConstraints(min_length=1, max_length=9)], BeforeValidator(_yes_no)]
-_CHANNEL = "0..255; with bg_color: true on Background Removal apps (a channel left out is 255)."
+HEX_COLOR = r"^#?([0-9A-Fa-f]{3}|[0-9A-Fa-f]{6})$"
+ColorOrFlag = Annotated[bool | Annotated[str, StringConstraints(pattern=HEX_COLOR)], BeforeValidator(_yes_no)]
+_CHANNEL = "0..255, Background Removal apps: a colour background (a channel left out is 255)."
 
 
 class GenerationRequest(BaseModel):

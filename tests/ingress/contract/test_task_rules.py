@@ -55,9 +55,8 @@ def test_each_app_takes_its_fields(registry, body):
 @pytest.mark.parametrize("body,words", [
     ({"app_id": "ap-background-removal", "bg_color": True, "blur": True}, "bg_color, blur: choose one background"),
     ({"app_id": "ap-background-removal", "bg_image": "https://e.com/b.png", "blur": True}, "bg_image, blur: choose one"),
-    ({"app_id": "ap-background-removal", "r_color": 10}, "r_color: only with bg_color: true"),
-    ({"app_id": "ap-background-removal", "bg_color": "#12345", "r_color": 1}, "r_color: only with bg_color: true"),
-    ({"app_id": "ap-background-removal", "bg_color": "#GGGGGG"}, "bg_color"),
+    ({"app_id": "ap-background-removal", "r_color": 10, "blur": True}, "bg_color, blur: choose one background"),
+    ({"app_id": "ap-background-removal", "bg_color": "#123456", "r_color": 1}, "r_color: a hex bg_color already gives"),
     ({"app_id": "ap-background-removal", "prompt": "x"}, "prompt: app ap-background-removal (Background Removal) does not take it"),
     ({"app_id": "ap-background-removal", "batch": 2}, "does not take it; omit it; allowed: 1"),
     ({"app_id": "ap-background-removal", "seed": 0}, "seed: app ap-background-removal"),
@@ -69,7 +68,6 @@ def test_each_app_takes_its_fields(registry, body):
     ({"app_id": "ap-upscale-sd-x4", "scale": 2}, "scale: app ap-upscale-sd-x4 (Stable Diffusion x4) makes 4x only; allowed: 4"),
     ({"app_id": "ap-upscale-sd-x4", "scheduler": "DDIMScheduler"}, "scheduler: app ap-upscale-sd-x4"),
     ({"app_id": "ap-face-avatar", "bg_color": True}, "bg_color: Face Avatar apps take a hex colour such as #FFFFFF"),
-    ({"app_id": "ap-face-avatar", "bg_color": "white"}, "bg_color"),
     ({"app_id": "ap-face-avatar", "lora_model": "x"}, "lora_model: app ap-face-avatar (Face Avatar) does not take it"),
     ({"app_id": "ap-face-consistency", "gender": "male"}, "gender: app ap-face-consistency (Face Consistency) does not support it"),
     ({"app_id": "ap-face-consistency", "remove_background": True}, "remove_background: app ap-face-consistency"),
@@ -88,6 +86,8 @@ def test_fields_an_app_cannot_honour_are_refused_by_name(registry, body, words):
     ({"app_id": "ap-background-removal", "bg_color": True, "g_color": -1}, "allowed: 0..255"),
     ({"app_id": "ap-face-avatar", "gender": "other"}, "gender: Input should be 'male', 'female' or 'neutral'"),
     ({"app_id": "ap-face-avatar", "bg_color": "#" + "F" * 20}, "bg_color"),
+    ({"app_id": "ap-face-avatar", "bg_color": "white"}, "bg_color: String should match pattern"),
+    ({"app_id": "ap-background-removal", "bg_color": "#GGGGGG"}, "bg_color"),
 ])
 def test_schema_bounds_name_the_field_and_range(body, words):
     with pytest.raises(ValidationFailed) as exc:
@@ -115,3 +115,16 @@ def test_get_apps_lists_the_new_apps_with_their_fields(registry):
     assert apps["ap-face-avatar"]["options"] == ["gender", "remove_background", "bg_color"]
     assert apps["ap-upscale-sd-x4"]["options"] == ["scale"] and "prompt" not in apps["ap-upscale-sd-x4"]["refused_fields"]
     assert apps["ap-sd15-txt2img"]["options"] == [] and apps["ap-sd15-txt2img"]["refused_fields"] == ["strength"]
+
+
+@pytest.mark.parametrize("app_id", ["ap-background-removal", "ap-face-avatar", "ap-upscale-sd-x4", "ap-upscale"])
+def test_a_new_app_on_the_wrong_route_is_a_422_naming_the_route(registry, app_id):
+    from ingress.contract.schemas.generation import TextToImageRequest
+
+    with pytest.raises(ValidationFailed, match="call getImageToImage instead"):
+        check_for_app("getTextToImage", parse(TextToImageRequest, {"app_id": app_id}), registry)
+
+
+def test_colour_channels_alone_ask_for_a_colour_background(registry):
+    app, _ = check(registry, app_id="ap-background-removal", g_color=0)
+    assert app.task == "remove_background"
