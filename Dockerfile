@@ -45,10 +45,14 @@ RUN uv pip install --no-cache --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}" t
 
 WORKDIR /app
 # Dependencies first (cached while only the source changes), then the source.
+# onnxruntime-gpu replaces PyPI's CPU-only onnxruntime: insightface and the background-removal
+# model then run on the replica's GPU (CUDA provider), as deployments/pipelines/onnx_runtime.py picks.
 COPY pyproject.toml README.md ./
 RUN mkdir -p deployments ingress storage client cluster \
  && touch deployments/__init__.py ingress/__init__.py storage/__init__.py client/__init__.py cluster/__init__.py \
  && uv pip install --no-cache ".[upscale]" \
+ && uv pip uninstall onnxruntime \
+ && uv pip install --no-cache "onnxruntime-gpu>=1.18,<2" \
  && rm -rf build *.egg-info deployments ingress storage client cluster
 COPY deployments ./deployments
 COPY ingress ./ingress

@@ -44,6 +44,8 @@ def test_python_and_torch_follow_pyproject(lines: list[str]) -> None:
     assert torch_at < project_at, "torch must come from the CUDA index before the project pulls it from PyPI"
     # torchvision (spandrel's) from the same CUDA index as torch, never PyPI's build for another torch.
     assert lines[torch_at].endswith('"${TORCH_SPEC}" torchvision')
+    # ONNX Runtime with its CUDA provider (insightface, background removal) in place of PyPI's CPU build.
+    assert "uv pip uninstall onnxruntime" in lines[project_at] and "onnxruntime-gpu" in lines[project_at]
 
 
 def test_copied_sources_exist_and_cover_the_packages(lines: list[str]) -> None:
