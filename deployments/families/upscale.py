@@ -80,7 +80,17 @@ def _log_loaded(kind: str, family: str, gpu: str, source: str, device: str, dtyp
                        "dtype": dtype, "load_seconds": round(seconds, 3)})
 
 
-class UpscalerFamily(FamilyBase[UpscaleJob]):
+class _UpscaleFamily(FamilyBase[UpscaleJob]):
+    """What both upscaler kinds share: one PNG per job, loaded once ``upscaler`` is set."""
+
+    def package(self, job: UpscaleJob, produced: Upscaled) -> tuple[list[Packaged], dict[str, Any]]:
+        return _package(produced)
+
+    def loaded(self) -> bool:
+        return getattr(self, "upscaler", None) is not None
+
+
+class UpscalerFamily(_UpscaleFamily):
     """Serve deployment for an ESRGAN-family upscaler (spandrel): ``upscale`` at 2x, 4x or 8x."""
 
     kind = "upscaler"
@@ -118,12 +128,6 @@ class UpscalerFamily(FamilyBase[UpscaleJob]):
         image = check_job(job, self.served_tasks, self.scales, self.max_side, self.max_output_pixels)
         return Upscaled(self.upscaler.upscale(image, job.scale, on_step), job.scale)
 
-    def package(self, job: UpscaleJob, produced: Upscaled) -> tuple[list[Packaged], dict[str, Any]]:
-        return _package(produced)
-
-    def loaded(self) -> bool:
-        return getattr(self, "upscaler", None) is not None
-
     def facts(self) -> dict[str, Any]:
         up = self.upscaler
         return {
@@ -141,7 +145,7 @@ class UpscalerFamily(FamilyBase[UpscaleJob]):
         }
 
 
-class SDUpscalerFamily(FamilyBase[UpscaleJob]):
+class SDUpscalerFamily(_UpscaleFamily):
     """Serve deployment for the Stable Diffusion x4 upscaler: ``sd_upscale`` at 4x, guided by the prompt.
 
     Seeds: a job without one gets a random seed in 0..MAX_SEED, returned in the meta so the
@@ -195,12 +199,6 @@ class SDUpscalerFamily(FamilyBase[UpscaleJob]):
             noise_level=self.noise_level, on_step=on_step,
         )
         return Upscaled(result, job.scale, seed)
-
-    def package(self, job: UpscaleJob, produced: Upscaled) -> tuple[list[Packaged], dict[str, Any]]:
-        return _package(produced)
-
-    def loaded(self) -> bool:
-        return getattr(self, "upscaler", None) is not None
 
     def facts(self) -> dict[str, Any]:
         up = self.upscaler
