@@ -229,3 +229,21 @@ def test_sd_x4_upscaler(client):
     assert _image(env["output"][0]).size == (256, 192)
     env = _refused(client, {"app_id": "ap-upscale-sd-x4", "image": _uri(small), "scale": 2})
     assert "makes 4x only; allowed: 4" in env["error_data"]
+
+
+def test_two_requests_at_once_each_get_their_own_result(client, subject):
+    """A Replace Background (which calls the background-removal deployment by handle) and a
+    Background Removal at the same moment: both succeed, each with its own image's result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image, mask = subject
+    other, other_mask = draw_subject((300, 200), (20, 20, 120, 120))
+    bodies = [{"app_id": "ap-background-removal", "image": _uri(image)},
+              {"app_id": "ap-background-removal", "image": _uri(other)},
+              {"app_id": "ap-replace-background", "image": _uri(image), "num_inference_steps": 2, "seed": 2}]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        envs = list(pool.map(lambda body: _run(client, body), bodies))
+    for env, expected in zip(envs[:2], (mask, np.asarray(other_mask) == 255)):
+        alpha = np.asarray(_image(env["output"][0]))[..., 3]
+        assert (alpha[_inside(expected)] == 255).all() and (alpha[_outside(expected)] == 0).all()
+    assert _image(envs[2]["output"][0]).size == (768, 512)  # 300x200 scaled into SDXL's 512..1536, multiples of 64
