@@ -2,6 +2,7 @@
 the ``public`` text a client may see; the ingress maps them once."""
 
 import uuid
+from typing import Literal
 
 
 def new_incident() -> str:
@@ -74,3 +75,49 @@ class TaskStopped(JobError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class DocumentNotFound(InvalidJobError):
+    """A document id the tenant does not have (another tenant's id is unknown too)."""
+
+    error_type = "NotFound"
+
+    def __init__(self, field: str, message: str = "no such document"):
+        super().__init__(field, message)
+
+
+VendorReason = Literal["rate_limited", "unavailable", "timeout", "credentials", "rejected"]
+
+
+class VendorError(JobError):
+    """A vendor we call (an LLM, web search, speech) failed or refused the call.
+
+    ``reason`` decides the client's answer (the ingress maps it once): ``rate_limited`` → 429 and
+    ``unavailable`` → 503, both with ``Retry-After`` (the vendor's when it gave one); ``timeout`` → 504;
+    ``credentials`` (the service's own key was refused) → 502; ``rejected`` (the vendor refused this
+    request, e.g. too long for the model) → 422. ``detail`` is a short, already-sanitised reason
+    (no keys, no URLs of ours); the full error goes to the log only.
+    """
+
+    error_type = "VendorError"
+
+    def __init__(self, vendor: str, reason: VendorReason, detail: str = "", retry_after: float | None = None):
+        super().__init__(f"{vendor}: {reason}: {detail}")
+        self.vendor = vendor
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+
+    def __reduce__(self):
+        return type(self), (self.vendor, self.reason, self.detail, self.retry_after)
+
+    @property
+    def public(self) -> str:
+        what = {
+            "rate_limited": "is rate limiting this service; retry later",
+            "unavailable": "is unavailable; retry later",
+            "timeout": "did not answer in time",
+            "credentials": "did not accept this service's credentials, or none are configured (our configuration)",
+            "rejected": "refused the request",
+        }[self.reason]
+        return f"{self.vendor} {what}" + (f": {self.detail}" if self.detail else "")

@@ -58,6 +58,7 @@ class ImageJob(Job):
     gender: str | None = None  # Face Avatar: fills the default prompt's {gender_word}
     remove_background: bool = False  # Face Avatar: transparent PNG (through the background-removal family)
     bg_color: str | None = None  # Face Avatar: "#RRGGBB" behind the subject
+    original_prompt: str | None = None  # enhance_prompt: the client's prompt (``prompt`` is the rewrite)
     image: Image.Image | None = None
     mask: Image.Image | None = None
 
@@ -99,11 +100,28 @@ class UpscaleJob(Job):
     num_inference_steps: int = 20
     guidance_scale: float = 7.5
     seed: int | None = None
+    original_prompt: str | None = None  # enhance_prompt: the client's prompt (``prompt`` is the rewrite)
 
     IMAGES: ClassVar[tuple[str, ...]] = ("image",)
 
 
-JOB_TYPES: dict[str, type[Job]] = {"ImageJob": ImageJob, "MattingJob": MattingJob, "UpscaleJob": UpscaleJob}
+@dataclass
+class SpeechJob(Job):
+    """A Text To Speech job: the text and ElevenLabs-style voice settings (``audio_parameters``).
+    ``voice_id`` None: the family's default voice. Settings a local engine cannot honour are
+    refused by the family (``InvalidJobError``), never ignored."""
+
+    prompt: str = ""
+    voice_id: str | None = None
+    stability: float | None = None  # 0..1
+    similarity_boost: float | None = None  # 0..1
+    style: float | None = None  # 0..1
+    use_speaker_boost: bool | None = None
+
+
+JOB_TYPES: dict[str, type[Job]] = {
+    "ImageJob": ImageJob, "MattingJob": MattingJob, "UpscaleJob": UpscaleJob, "SpeechJob": SpeechJob,
+}
 
 
 def job_to_payload(job: Job) -> tuple[dict[str, Any], dict[str, bytes]]:
