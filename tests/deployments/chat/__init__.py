@@ -1,0 +1,1 @@
+"""Tests of the chat deployment: providers, web search, the chat service."""
