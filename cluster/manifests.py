@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 from cluster.profile import GpuNodePool, PodShape, Profile, ProfileError, check_against_config
+from deployments.vendors import VENDOR_KEY_VARS
+from ingress.wiring.secrets import QDRANT_API_KEY
 
 BUILDER = "ingress.wiring.builder:build_app"
 METRICS_PORT = 8080  # Ray's metrics export port (rayStartParams metrics-export-port)
@@ -71,6 +73,11 @@ def cluster_serve_config(serve_config: dict[str, Any], profile: Profile) -> dict
         args["models_dir"] = profile.weights.mount_path
         args["gpu_pools"] = {gpu: _gpu_pool(gpu, pool, profile.gpu_pools[gpu]) for gpu, pool in pools.items()}
         args["control_pool"] = _control_pool(args.get("control_pool") or {}, profile)
+        if args.get("documents"):  # the vectors live in a Qdrant server, not on one pod's disk
+            if profile.qdrant_url is None:
+                raise ProfileError("profile: qdrant_url is required when serve_config.yaml has `documents`")
+            args["documents"] = {**{k: v for k, v in args["documents"].items() if k != "qdrant_path"},
+                                 "qdrant_url": profile.qdrant_url}
         env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env.update(profile.serve_env)
         env["STUDIO_MODELS_DIR"] = profile.weights.mount_path
@@ -114,6 +121,8 @@ def _secret_env(profile: Profile) -> list[dict[str, Any]]:
     ]
     env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": profile.secrets.s3, "key": key}}}
             for var, key in S3_KEYS.items()]
+    env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": profile.secrets.vendors, "key": var, "optional": True}}}
+            for var in (*VENDOR_KEY_VARS, QDRANT_API_KEY)]
     return env
 
 
@@ -330,6 +339,10 @@ def secret_templates(profile: Profile) -> dict[str, dict[str, Any]]:
                      "S3 credentials; the builder hands them to the ingress, coordinator and family replicas"),
         "redis": secret(profile.redis.password_secret.name, {profile.redis.password_secret.key: PLACEHOLDER},
                         "the password of the GCS fault-tolerance Redis"),
+        "vendors": secret(s.vendors, {var: PLACEHOLDER for var in (*VENDOR_KEY_VARS, QDRANT_API_KEY)},
+                          "the vendors' API keys (each optional; leave out a vendor you do not use); the builder "
+                          "hands the LLM and Tavily keys to the chat service, ElevenLabs' to its speech family, "
+                          "Qdrant's to the document store"),
     }
 
 

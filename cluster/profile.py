@@ -104,6 +104,8 @@ class SecretNames(_Strict):
     api_keys: str = Field(pattern=DNS_LABEL)
     webhook_secrets: str = Field(pattern=DNS_LABEL)
     s3: str = Field(pattern=DNS_LABEL)
+    vendors: str = Field("studio-vendors", pattern=DNS_LABEL, description="Keys named STUDIO_<VENDOR>_API_KEY "
+                         "(and STUDIO_QDRANT_API_KEY), each optional: the builder hands each to its deployment.")
 
 
 class Autoscaler(_Strict):
@@ -142,6 +144,10 @@ class Profile(_Strict):
     redis: Redis
     secrets: SecretNames
     serve_env: dict[str, str] = Field(default_factory=dict)
+    qdrant_url: str | None = Field(
+        None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$",
+        description="The Qdrant server of the document store. Required when serve_config.yaml has `documents`: "
+        "Qdrant's local mode would keep the vectors on one pod's disk.")
     ingress: IngressSpec
     operator_namespace: str = Field(pattern=DNS_LABEL)
     monitoring_namespace: str = Field(pattern=DNS_LABEL)

@@ -27,14 +27,15 @@ Preprocessor = Literal["canny", "depth", "openpose", "none"]
 #: ``base + i`` of a batch stays in range too).
 MAX_SEED = 2**32 - 1
 
-OutputKind = Literal["image"]
+#: What a task's envelope ``output`` is: a list of image URLs, or one audio file's URL.
+OutputKind = Literal["image", "audio"]
 
 #: The generation fields of the diffusion routes (``GenerationRequest``) that a task may refuse
 #: (``TaskSpec.refuses``): an app that cannot honour one answers 422 rather than ignore it.
 DIFFUSION_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "height", "width", "num_inference_steps", "guidance_scale", "batch", "seed",
     "scheduler", "use_karras_sigmas", "algorithm_type", "clip_skip", "lora_model", "lora_strength", "vae", "tomesd",
-    "safety_checker", "safety_checker_type",
+    "safety_checker", "safety_checker_type", "enhance_prompt",
 )
 _SAMPLER_OPTIONS = ("scheduler", "use_karras_sigmas", "algorithm_type", "clip_skip", "lora_model", "lora_strength",
                     "vae", "tomesd", "safety_checker", "safety_checker_type")
@@ -92,6 +93,11 @@ class KindSpec:
     deployment: str  # "module:Class", imported by the builder
     summary: str
     tiny_models: tuple[str, ...] = field(default=())
+    #: False: the kind runs no app's task (no ``run``/``run_task``); it serves other deployments by handle.
+    serves_tasks: bool = True
+    #: False: the kind calls a vendor and needs no GPU: its replicas go on the control pool, whatever
+    #: GPU type (``inference_type``) its app names.
+    on_gpu: bool = True
 
 
 _IMAGE = InputSpec("image", "image", doc="the reference image")
@@ -118,6 +124,10 @@ def avatar_prompt(prompt: str | None, gender: str | None, template: str = AVATAR
         return prompt
     return template.replace("{gender_word}", GENDER_WORDS[gender or "neutral"])
 
+
+#: ElevenLabs voice settings a local voice (task ``tts``) has no control for: only these values (ElevenLabs'
+#: defaults, what clients copying the seed send) or null are accepted; anything else is a 422.
+LOCAL_TTS_NEUTRAL: dict[str, float | bool] = {"similarity_boost": 0.75, "style": 0.0, "use_speaker_boost": True}
 
 _IDENTITY = "how strongly the face's identity shows: the IP-Adapter FaceID scale (0..1)"
 _FACE = InputSpec("image", "image", doc="a photo with a face (several: the largest is used)")
@@ -163,6 +173,9 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("sd_upscale", "getImageToImage", "sd_upscaler", "Upscaling (Stable Diffusion x4)",
                  inputs=(_UPSCALE_INPUT,), options=("scale",), sizing="fit", job="UpscaleJob",
                  refuses=("height", "width", "batch", *_SAMPLER_OPTIONS)),
+        TaskSpec("tts", "getTextToSpeech", "tts", "Text To Speech (local engine)", output="audio", job="SpeechJob"),
+        TaskSpec("tts_elevenlabs", "getTextToSpeech", "tts_vendor", "Text To Speech (ElevenLabs)", output="audio",
+                 job="SpeechJob"),
     )
 }
 
@@ -182,8 +195,23 @@ KINDS: dict[str, KindSpec] = {
                  "ESRGAN-family upscalers loaded with spandrel, tiled", tiny_models=("tiny-esrgan-4x",)),
         KindSpec("sd_upscaler", "deployments.families.upscale:SDUpscalerFamily",
                  "the Stable Diffusion x4 upscaler pipeline", tiny_models=("tiny-sd-x4-upscaler",)),
+        KindSpec("tts", "deployments.families.speech:LocalSpeechFamily",
+                 "a local text-to-speech engine (piper voices, ONNX)", tiny_models=("tiny-piper-voice",)),
+        KindSpec("tts_vendor", "deployments.families.speech:ElevenLabsSpeechFamily",
+                 "ElevenLabs text to speech through its SDK", on_gpu=False),
+        KindSpec("embedder", "deployments.families.embedding:EmbeddingFamily",
+                 "sentence-transformers embeddings for the document store, batched by Serve",
+                 tiny_models=("tiny-minilm",), serves_tasks=False),
+        KindSpec("llm", "deployments.families.llm:LocalLLMFamily",
+                 "a transformers causal LM: the chat API's Local provider, streamed", tiny_models=("tiny-chat-llm",),
+                 serves_tasks=False),
     )
 }
+
+
+def route_output(route: str) -> OutputKind:
+    """What a route's envelope ``output`` holds (every task of a route makes the same kind)."""
+    return next((spec.output for spec in TASKS.values() if spec.route == route), "image")
 
 
 def route_tasks() -> dict[str, tuple[str, ...]]:

@@ -343,6 +343,24 @@ def _sd_x4(target: Path) -> None:
     write_tiny_sd_x4(target)
 
 
+def _minilm(target: Path) -> None:
+    from deployments.pipelines.tiny_embedder import make_tiny_embedder
+
+    make_tiny_embedder(target)
+
+
+def _chat_llm(target: Path) -> None:
+    from deployments.pipelines.tiny_llm import make_tiny_llm
+
+    make_tiny_llm(target)
+
+
+def _piper_voice(target: Path) -> None:
+    from deployments.pipelines.tiny_voice import make_tiny_voice
+
+    make_tiny_voice(target)
+
+
 #: Every tiny model by directory name: what ``deployments.catalog.KINDS[*].tiny_models`` lists.
 MAKERS = {
     "tiny-sd15": _pipeline(build_sd15),
@@ -364,6 +382,9 @@ MAKERS = {
     "tiny-saliency": _saliency,
     "tiny-esrgan-4x": _esrgan,
     "tiny-sd-x4-upscaler": _sd_x4,
+    "tiny-minilm": _minilm,
+    "tiny-chat-llm": _chat_llm,
+    "tiny-piper-voice": _piper_voice,
 }
 
 

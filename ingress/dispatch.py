@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any, Protocol
 
 from deployments.catalog import deployment_name, lora_stack_id
-from deployments.errors import JobError, new_incident
+from deployments.errors import JobError, VendorError, new_incident
 from deployments.types import Job, Result
-from ingress.contract.errors import ModelFailure, NoFaceInImage, Overloaded, Timeout, ValidationFailed
+from ingress.contract.errors import (
+    ModelFailure,
+    NoFaceInImage,
+    NotFound,
+    Overloaded,
+    StudioError,
+    Timeout,
+    UpstreamError,
+    ValidationFailed,
+    VendorRateLimited,
+    VendorUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +39,30 @@ class Dispatcher(Protocol):
 _INVALID: dict[str, type[ValidationFailed]] = {"ValidationError": ValidationFailed, "NoFaceDetected": NoFaceInImage}
 
 
+#: ``Retry-After`` when a vendor that refused us gave none.
+VENDOR_RETRY_AFTER = 5
+
+
+def vendor_error(exc: VendorError) -> StudioError:
+    """A vendor's failure as the contract's error (``VendorError`` documents the mapping)."""
+    retry = max(1, math.ceil(exc.retry_after)) if exc.retry_after else VENDOR_RETRY_AFTER
+    if exc.reason == "rate_limited":
+        return VendorRateLimited(exc.public, retry)
+    if exc.reason == "unavailable":
+        return VendorUnavailable(exc.public, retry)
+    if exc.reason == "timeout":
+        return Timeout(exc.public)
+    if exc.reason == "rejected":
+        return ValidationFailed(exc.public)
+    return UpstreamError(exc.public)
+
+
 def _job_error(exc: BaseException | None) -> Exception | None:
     """Map an error raised by the family code to a contract error, by its envelope type."""
+    if isinstance(exc, VendorError):
+        return vendor_error(exc)
+    if isinstance(exc, JobError) and exc.error_type == "NotFound":
+        return NotFound(exc.public)
     if isinstance(exc, JobError) and exc.error_type in _INVALID:
         return _INVALID[exc.error_type](exc.public)
     if isinstance(exc, JobError) and exc.error_type == "ModelError":
@@ -95,17 +129,33 @@ class ServeDispatcher:
             response.cancel()
             raise Timeout(f"{name} did not finish within {timeout:g} s") from None
         except Exception as exc:
-            kind = classify_ray_error(exc)
-            if kind == "overloaded":
-                raise Overloaded(f"{name} is at capacity or not available; retry later", self._retry_after) from None
-            mapped = _job_error(job_cause(exc)) if kind == "job" else None
-            if mapped is not None:
-                raise mapped from None
-            if kind in ("dead", "unknown"):
-                raise Overloaded(f"a {name} replica stopped while running the job; retry", self._retry_after) from None
-            incident = new_incident()
-            log.error("family deployment %s failed (incident %s)", name, incident, exc_info=exc)
-            raise ModelFailure(f"{name} failed while running the job (incident {incident})") from None
+            raise map_call_error(exc, name, self._retry_after) from None
+
+
+def map_call_error(exc: BaseException, name: str, retry_after: int) -> Exception:
+    """The contract's error for a failed call to deployment ``name`` (see :func:`classify_ray_error`)."""
+    kind = classify_ray_error(exc)
+    if kind == "overloaded":
+        return Overloaded(f"{name} is at capacity or not available; retry later", retry_after)
+    mapped = _job_error(job_cause(exc)) if kind == "job" else None
+    if mapped is not None:
+        return mapped
+    if kind in ("dead", "unknown"):
+        return Overloaded(f"a {name} replica stopped while answering; retry", retry_after)
+    incident = new_incident()
+    log.error("deployment %s failed (incident %s)", name, incident, exc_info=exc)
+    return ModelFailure(f"{name} failed while answering (incident {incident})")
+
+
+async def service_call(response: Any, name: str, timeout: float, retry_after: int) -> Any:
+    """Await a call to a service deployment (documents, chat), its errors mapped once."""
+    try:
+        return await asyncio.wait_for(response, timeout)
+    except TimeoutError:
+        response.cancel()
+        raise Timeout(f"{name} did not answer within {timeout:g} s") from None
+    except Exception as exc:
+        raise map_call_error(exc, name, retry_after) from None
 
 
 class InProcessDispatcher:

@@ -13,7 +13,7 @@ from PIL import Image
 from deployments.catalog import TASK_SCALES, TASKS, TaskSpec, avatar_prompt
 from deployments.errors import InvalidJobError
 from deployments.job_rules import check_upscale
-from deployments.types import ImageJob, Job, MattingJob, UpscaleJob
+from deployments.types import ImageJob, Job, MattingJob, SpeechJob, UpscaleJob
 from ingress.contract.errors import ValidationFailed
 from ingress.contract.schemas.generation import GenerationRequest
 from ingress.inputs import FetchLimits, load_image
@@ -32,6 +32,8 @@ async def build_job(
     (the reference image) is sized for the app (``TaskSpec.sizing``); the others follow its
     size. ``family`` (the app's family config) bounds upscaling jobs' output."""
     spec = TASKS[app.task]
+    if spec.job == "SpeechJob":
+        return speech_job(app, req, tenant, request_id)
     if spec.job == "MattingJob":
         return await _matting_job(app, spec, req, tenant, request_id, limits)
     if spec.job == "UpscaleJob":
@@ -152,6 +154,19 @@ def _hex(value: object) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     return "#%02X%02X%02X" % _rgb(value)
+
+
+def speech_job(app: AppConfig, req: Any, tenant: str, request_id: str) -> SpeechJob:
+    """A Text To Speech job from a ``TextToSpeechRequest`` (``audio_parameters`` flattened)."""
+    params = req.audio_parameters
+    return SpeechJob(
+        task=app.task, tenant=tenant, request_id=request_id, prompt=req.prompt,
+        voice_id=params.voice_id if params else None,
+        stability=params.stability if params else None,
+        similarity_boost=params.similarity_boost if params else None,
+        style=params.style if params else None,
+        use_speaker_boost=params.use_speaker_boost if params else None,
+    )
 
 
 def _follow(image: Image.Image, mode: str, size: tuple[int, int]) -> Image.Image:

@@ -236,6 +236,8 @@ class FamilyBase(ABC, Generic[J]):
         from storage.keys import output_key
 
         files, meta = self.package(job, produced)
+        if getattr(job, "original_prompt", None) is not None:  # enhance_prompt: what the model was given
+            meta = {**meta, "enhanced_prompt": job.prompt, "original_prompt": job.original_prompt}  # type: ignore[attr-defined]
         outputs = []
         for index, item in enumerate(files):
             key = output_key(job.tenant, job.request_id, index, ext=item.ext, attempt=job.attempt,

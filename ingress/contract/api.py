@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from ingress.contract.envelopes import install_handlers
 from ingress.contract.metrics import RequestMetrics
-from ingress.contract.routes import apps, files, generation, health, tasks
+from ingress.contract.routes import apps, chat, documents, files, generation, health, tasks
 from ingress.contract.routes.context import BodyReader, Studio
 
 __all__ = ["PREFIX", "Studio", "create_api"]
@@ -20,8 +20,9 @@ __all__ = ["PREFIX", "Studio", "create_api"]
 PREFIX = "/api/v1/studio"
 
 _DESCRIPTION = """\
-Text to image, image to image, inpainting, ControlNet, Illusion Diffusion and image
-variation on Ray Serve.
+The studio on Ray Serve: text to image, image to image, inpainting, ControlNet, Illusion
+Diffusion, image variation, faces, backgrounds, upscaling, text to speech, a chatbot with
+document and web search, and a PDF vector store.
 
 Every route but `files` and `get-status` needs `Authorization: Bearer <api key>`. Every answer but a
 file is the JSON envelope (`time_required`, `error`, `error_data`, `input`, `output`,
@@ -40,6 +41,8 @@ def create_api(studio: Studio) -> FastAPI:
     read_body = BodyReader(studio.settings)
     api.include_router(generation.router(studio, read_body), prefix=PREFIX)
     api.include_router(tasks.router(studio, read_body), prefix=PREFIX)
+    api.include_router(chat.router(studio, read_body), prefix=PREFIX)
+    api.include_router(documents.router(studio, read_body), prefix=PREFIX)
     api.include_router(apps.router(studio), prefix=PREFIX)
     api.include_router(files.router(studio), prefix=PREFIX)
     api.include_router(health.router(studio), prefix=PREFIX)

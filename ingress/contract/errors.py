@@ -100,3 +100,28 @@ class QuotaExceeded(StudioError):
         super().__init__(message)
         self.retry_after = retry_after
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class VendorRateLimited(StudioError):
+    """A vendor we call (LLM, search, speech) is rate limiting us; retry after ``retry_after`` seconds."""
+
+    error_type = "VendorRateLimited"
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class VendorUnavailable(Overloaded):
+    """A vendor we call is down or overloaded (a 503 with ``Retry-After``)."""
+
+    error_type = "VendorUnavailable"
+
+
+class UpstreamError(StudioError):
+    """A vendor refused this service's own credentials, or answered something we cannot use."""
+
+    error_type = "UpstreamError"
+    status_code = 502

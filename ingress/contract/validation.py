@@ -3,13 +3,14 @@ rules that depend on the app (its route, GPU types, limits and options)."""
 
 from __future__ import annotations
 
+import json
 import typing
 from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen, MultipleOf
 from pydantic import BaseModel, ValidationError
 
-from deployments.catalog import TASKS
+from deployments.catalog import LOCAL_TTS_NEUTRAL, TASKS
 from deployments.errors import InvalidJobError
 from ingress.contract.errors import ValidationFailed
 from ingress.contract.schemas.generation import GenerationRequest
@@ -212,6 +213,40 @@ def check_for_app(route: str, req: GenerationRequest, registry: Registry) -> tup
     for field in _IMAGE_FIELDS:
         if field not in taken and getattr(req, field, None):
             problems.append(f"{field}: app {app.app_id} ({spec.summary}) does not take it; omit it")
+    if problems:
+        raise ValidationFailed("; ".join(problems))
+    return app, gpu
+
+
+def check_speech_app(route: str, req: Any, registry: Registry) -> tuple[AppConfig, str]:
+    """A Text To Speech request's app rules; return the app and the GPU type to run on."""
+    app = registry.app(req.app_id)
+    if app is None:
+        raise ValidationFailed(
+            f"app_id: unknown app {req.app_id!r}; allowed: one of {', '.join(registry.app_ids())}"
+        )
+    spec = TASKS[app.task]
+    if spec.route != route:
+        raise ValidationFailed(f"app_id: {app.app_id} is a {app.task} app; call {spec.route} instead")
+    problems: list[str] = []
+    gpu = req.inference_type or app.default_gpu
+    if gpu not in app.inference_types:
+        problems.append(
+            f"inference_type: app {app.app_id} is not deployed on {gpu}; allowed: one of {', '.join(app.inference_types)}"
+        )
+    if req.webhook and not req.celery:
+        problems.append("webhook: webhooks are sent for async tasks; send celery: true with it")
+    if req.reference_id and not req.celery:
+        problems.append("reference_id: only async tasks (celery: true) take a reference_id")
+    if getattr(req, "priority", None) is not None and not req.celery:
+        problems.append("priority: only async tasks (celery: true) are queued by priority")
+    params = req.audio_parameters
+    if app.task == "tts" and params is not None:  # what a local voice has no control for (checked again there)
+        for field, neutral in LOCAL_TTS_NEUTRAL.items():
+            value = getattr(params, field, None)
+            if value is not None and value != neutral:
+                problems.append(f"audio_parameters.{field}: app {app.app_id} ({spec.summary}) cannot honour it; "
+                                f"allowed: null or {json.dumps(neutral)}")
     if problems:
         raise ValidationFailed("; ".join(problems))
     return app, gpu

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from deployments.catalog import deployment_name
+from deployments.catalog import deployment_name, route_output
 from deployments.metrics import STUDIO_METRICS
 from deployments.types import Job, job_to_payload
 from ingress.contract.errors import NotFound, ValidationFailed
@@ -53,6 +53,8 @@ def task_envelope(record: TaskRecord, store: ObjectStore, url_expiry: int) -> En
         env.time_required = round(record.finished_at - record.created_at, 4)
     if record.status == "SUCCESS":
         env.output = [store.url(key, url_expiry) for key in record.output_keys]
+        if route_output(record.route) == "audio" and env.output:
+            env.output = env.output[0]  # Text To Speech: one audio file's URL
         env.meta = output_meta(record.output_meta, time.time() + url_expiry)
     return env
 

@@ -17,6 +17,8 @@ from ray.serve import Application
 
 from deployments.autoscaling import POLICY_PATH
 from deployments.catalog import KINDS, deployment_name
+from deployments.chat.service import ChatService
+from deployments.documents.service import DocumentStore
 from ingress.tasks.coordinator import TaskCoordinator
 from ingress.wiring.deployment import StudioIngress
 from ingress.wiring.registry import ServiceConfig
@@ -45,11 +47,11 @@ def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) ->
         name = deployment_name(family_name, gpu)
         options = with_queue_policy(family.options_for(gpu).serve_options())
         # deployment_keys() types the GPU as str; it is a validated key of gpu_pools (issue 7: type it GpuType).
-        pool = config.gpu_pools[gpu]
+        pool = config.gpu_pools[gpu] if KINDS[family.kind].on_gpu else config.control_pool
         # serve.deployment(options)(cls): the same call as serve.deployment(cls, options), typed as a Deployment.
         deployment = serve.deployment(
             name=name,
-            ray_actor_options=_with_env(pool.actor_options(), secrets.for_family()),
+            ray_actor_options=_with_env(pool.actor_options(), secrets.for_family(family.kind)),
             **options,
         )(family_class(family.kind))
         bound[name] = deployment.bind(
@@ -98,6 +100,12 @@ def _kind_args(config: ServiceConfig, family_name: str, models_dir) -> dict[str,
         return {"max_output_pixels": family.max_output_pixels, "tile": family.tile, "tile_overlap": family.tile_overlap}
     if family.kind == "sd_upscaler":
         return {"max_output_pixels": family.max_output_pixels}
+    if family.kind == "tts":
+        return {"voice_aliases": dict(family.voice_aliases)}
+    if family.kind == "llm":
+        return {"max_new_tokens": family.max_new_tokens}
+    if family.kind == "embedder":
+        return {"max_batch_size": family.max_batch_size, "batch_wait_timeout_s": family.batch_wait_timeout_s}
     return {}
 
 
@@ -109,12 +117,38 @@ def _helper_args(config: ServiceConfig, family_name: str, gpu: str, bound: dict[
     return {"helpers": {kind: bound[deployment_name(f, g)] for kind, (f, g) in helpers.items()}}
 
 
+def service_deployments(config: ServiceConfig, families: dict[str, Application],
+                        secrets: Secrets) -> dict[str, Application]:
+    """The document store (with its embedder's handle) and the chat service (with the document
+    store's and the Local provider's handles), each on the control pool, when configured."""
+    out: dict[str, Application] = {}
+    pool = config.control_pool.actor_options()
+    if (docs := config.documents) is not None:
+        out["documents"] = serve.deployment(
+            name="documents", ray_actor_options=_with_env(pool, secrets.for_documents()),
+            **docs.deployment.serve_options(),
+        )(DocumentStore).bind(
+            families[deployment_name(docs.embedder, docs.inference_type)],
+            collection=docs.collection, limits=docs.limits.model_dump(), **docs.qdrant_args(),
+        )
+    if (chat := config.chat) is not None:
+        local = chat.providers.get("Local")
+        llm = None
+        if local is not None and local.family is not None and local.inference_type is not None:
+            llm = families[deployment_name(local.family, local.inference_type)]
+        out["chat"] = serve.deployment(
+            name="chat", ray_actor_options=_with_env(pool, secrets.for_chat()), **chat.deployment.serve_options(),
+        )(ChatService).bind(local_llm=llm, documents=out.get("documents"), web_results=chat.web_results)
+    return out
+
+
 def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Application:
     """Serve's application builder: ``args`` is the registry from serve_config.yaml;
     ``secrets`` default to this process's environment (see :mod:`ingress.wiring.secrets`)."""
     config = ServiceConfig.model_validate(args)
     secrets = secrets if secrets is not None else Secrets.read()
     families = family_deployments(config, secrets)
+    services = service_deployments(config, families, secrets)
     coordinator = serve.deployment(
         name="tasks",
         num_replicas=1,
@@ -127,4 +161,4 @@ def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Applicati
         ray_actor_options=_with_env(config.control_pool.actor_options(), secrets.for_ingress()),
         **config.ingress.serve_options(),
     )(serve.ingress()(StudioIngress))
-    return ingress.bind(config.model_dump(mode="json"), families, coordinator)
+    return ingress.bind(config.model_dump(mode="json"), families, coordinator, services)

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class StudioIngress:
     """Plain class; ``ingress.wiring.builder`` wraps it with ``serve.ingress`` and binds it."""
 
-    def __init__(self, config: dict[str, Any], handles: dict[str, Any], coordinator: Any = None):
+    def __init__(self, config: dict[str, Any], handles: dict[str, Any], coordinator: Any = None,
+                 services: dict[str, Any] | None = None):
         bind_replica_grpc_to_node_ip()
         settings = IngressSettings()
         storage = StorageSettings()
@@ -49,6 +50,8 @@ class StudioIngress:
             tasks=tasks,
             facts=ModelFacts(handles),
             admission=Admission(coordinator, settings) if coordinator is not None else None,
+            chat=(services or {}).get("chat"),
+            documents=(services or {}).get("documents"),
         )
         log.info("ingress ready", extra={"apps": len(self.studio.registry.apps), "keys": len(self.studio.keys)})
 

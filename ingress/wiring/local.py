@@ -87,6 +87,7 @@ def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: P
     defaults = {
         "STUDIO_MODELS_DIR": str(models_dir),
         "STUDIO_STORAGE_LOCAL_ROOT": str(data_dir / "objects"),
+        "STUDIO_QDRANT_PATH": str(data_dir / "qdrant"),
         "STUDIO_STORAGE_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "RAY_SERVE_LOG_TO_STDERR": "0",
     }

@@ -212,6 +212,13 @@ class FamilyConfig(_Strict):
     )
     tile: int = Field(256, ge=32, le=4096, description="Upscaling families: tile side (input pixels) per model call.")
     tile_overlap: int = Field(16, ge=0, le=256, description="Upscaling families: context pixels around each tile.")
+    voice_aliases: dict[str, str] = Field(
+        default_factory=dict, description="`tts` families: other voice ids (e.g. ElevenLabs' that clients send) that "
+        "name this voice or one of its speakers.")
+    max_new_tokens: int = Field(1024, ge=1, le=32768, description="`llm` families: reply tokens per call at most.")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="`embedder` families: texts encoded together at most.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, description="`embedder` families: how long a batch waits "
+                                        "to fill.")
     deployment: DeploymentOptions = DeploymentOptions()
     #: Per-GPU-type overrides of ``deployment`` (e.g. more replicas on a100).
     per_gpu: dict[GpuType, DeploymentOptions] = Field(default_factory=dict)
@@ -285,6 +292,130 @@ class AppConfig(_Strict):
         }
 
 
+ChatProviderName = Literal["OpenAI", "ClaudeAI", "MistralAI", "GeminiAI", "Local"]
+
+
+class ProviderConfig(_Strict):
+    """One value of the chat API's ``llm``: the models it allows (``llm_model``)."""
+
+    models: list[str] = Field(min_length=1, description="The `llm_model` values this provider accepts.")
+    vision_models: list[str] = Field(default_factory=list, description="Those of `models` that read images.")
+    default_model: str | None = Field(None, description="The model when a request leaves `llm_model` out "
+                                      "(default: the first of `models`).")
+    family: str | None = Field(None, description="`Local` only: the `llm` family that serves it.")
+    inference_type: GpuType | None = Field(None, description="`Local` only: the GPU type of that family's deployment.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderConfig:
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of models")
+        unknown = sorted(set(self.vision_models) - set(self.models))
+        if unknown:
+            raise ValueError(f"vision_models {', '.join(unknown)} are not in models")
+        if (self.family is None) != (self.inference_type is None):
+            raise ValueError("give `family` and `inference_type` together (the Local provider)")
+        return self
+
+    @property
+    def default(self) -> str:
+        return self.default_model or self.models[0]
+
+
+class PromptEnhancement(_Strict):
+    """``enhance_prompt`` on the diffusion apps: which chat model rewrites the prompt, and how."""
+
+    llm: ChatProviderName
+    llm_model: str
+    system: str = Field(
+        "Rewrite the user's image prompt into one richer prompt for a text-to-image model: keep the subject and "
+        "intent, add concrete detail about composition, lighting and style. Answer with the prompt only, "
+        "no quotes, under 60 words.",
+        max_length=4000,
+    )
+    max_tokens: int = Field(120, ge=8, le=1024)
+    temperature: float = Field(0.7, ge=0, le=1)
+    timeout_seconds: float = Field(30, gt=0, le=300)
+
+
+class ChatConfig(_Strict):
+    """The chat API (``chat``, ``streamChat``): providers, bounds, tools, prompt enhancement."""
+
+    providers: dict[ChatProviderName, ProviderConfig]
+    max_tokens_default: int = Field(1024, ge=1, le=32768, description="Reply tokens when a request leaves "
+                                    "`max_tokens` out.")
+    max_tokens_max: int = Field(4096, ge=1, le=32768)
+    web_results: int = Field(5, ge=1, le=10, description="InternetSearch: results given to the model.")
+    timeout_seconds: float = Field(120, gt=0, le=900, description="A chat call (all of it) that takes longer is a 504.")
+    enhance_prompt: PromptEnhancement | None = None
+    deployment: DeploymentOptions = DeploymentOptions(max_ongoing_requests=64, max_queued_requests=256)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatConfig:
+        if self.max_tokens_default > self.max_tokens_max:
+            raise ValueError("max_tokens_default exceeds max_tokens_max")
+        if "Local" in self.providers and self.providers["Local"].family is None:
+            raise ValueError("providers.Local needs `family` (an llm family) and `inference_type`")
+        for name, provider in self.providers.items():
+            if name != "Local" and provider.family is not None:
+                raise ValueError(f"providers.{name}: only Local is served by a family")
+        if (e := self.enhance_prompt) is not None:
+            if e.llm not in self.providers or e.llm_model not in self.providers[e.llm].models:
+                raise ValueError(f"enhance_prompt: {e.llm}/{e.llm_model} is not a configured provider model")
+        return self
+
+
+class DocumentLimits(_Strict):
+    """``pdfVectorStore``'s bounds (each a 422 naming it when passed)."""
+
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1024, le=1024**3, description="Largest PDF fetched.")
+    max_pages: int = Field(500, ge=1, le=100_000)
+    max_chars: int = Field(2_000_000, ge=1000, le=100_000_000, description="Text extracted from one PDF.")
+    parse_seconds: float = Field(60, gt=0, le=3600, description="Time to extract a PDF's text.")
+    memory_bytes: int = Field(1024**3, ge=64 * 1024**2, description="Memory of the PDF parsing process.")
+    chunk_chars: int = Field(1000, ge=100, le=20000)
+    chunk_overlap: int = Field(200, ge=0, le=5000)
+    max_chunks: int = Field(5000, ge=1, le=1_000_000)
+    max_query_chars: int = Field(2000, ge=1, le=100_000)
+    max_results: int = Field(20, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> DocumentLimits:
+        if self.chunk_overlap > self.chunk_chars // 2:
+            raise ValueError("chunk_overlap must be at most half of chunk_chars")
+        return self
+
+
+class DocumentsConfig(_Strict):
+    """The document store (``pdfVectorStore``, DBSearch): the embedder family and Qdrant.
+
+    ``qdrant_path``: Qdrant's local mode on disk, opened by exactly one replica of the documents
+    deployment (local mode is single-process). ``qdrant_url``: a Qdrant server; any number of replicas.
+    """
+
+    embedder: str = Field(description="The `embedder` family.")
+    inference_type: GpuType = Field(description="The GPU type of the embedder's deployment.")
+    qdrant_path: str | None = Field(None, description="Local mode: a directory (env vars expanded).")
+    qdrant_url: str | None = Field(None, description="A Qdrant server (key: STUDIO_QDRANT_API_KEY).")
+    collection: str = Field("studio_documents", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    limits: DocumentLimits = DocumentLimits()
+    deployment: DeploymentOptions = DeploymentOptions(max_ongoing_requests=8, max_queued_requests=64)
+
+    @model_validator(mode="after")
+    def _one_qdrant(self) -> DocumentsConfig:
+        if (self.qdrant_path is None) == (self.qdrant_url is None):
+            raise ValueError("give exactly one of `qdrant_path` (local mode) or `qdrant_url` (a server)")
+        replicas = self.deployment.num_replicas or 1
+        if self.qdrant_path is not None and (self.deployment.autoscaling_config is not None or replicas != 1):
+            raise ValueError("Qdrant's local mode is single-process: the documents deployment takes exactly "
+                             "one replica (use `qdrant_url` to scale)")
+        return self
+
+    def qdrant_args(self) -> dict[str, Any]:
+        if self.qdrant_path is not None:
+            return {"qdrant_path": os.path.expandvars(self.qdrant_path)}
+        return {"qdrant_url": self.qdrant_url}
+
+
 class IngressOptions(DeploymentOptions):
     max_ongoing_requests: int = Field(64, ge=1)
     max_queued_requests: int = Field(256, ge=-1)
@@ -300,6 +431,9 @@ class ServiceConfig(_Strict):
     gpu_pools: dict[GpuType, GpuPool]
     families: dict[str, FamilyConfig]
     apps: list[AppConfig] = Field(min_length=1)
+    chat: ChatConfig | None = Field(None, description="The chat API; none: `chat` and `streamChat` answer 404.")
+    documents: DocumentsConfig | None = Field(None, description="The document store; none: `pdfVectorStore` "
+                                              "answers 404 and DBSearch is refused.")
     ingress: IngressOptions = IngressOptions()
     control_pool: ControlPool = Field(
         default_factory=lambda: ControlPool(),
@@ -330,7 +464,24 @@ class ServiceConfig(_Strict):
             for gpu in app.inference_types:
                 if gpu not in self.gpu_pools:
                     raise ValueError(f"app {app.app_id}: GPU type {gpu!r} has no gpu_pools entry")
+            if not KINDS[kind].serves_tasks:
+                raise ValueError(f"app {app.app_id}: {kind} families serve no app")
+        for where, family, service_gpu, kind in self._service_families():
+            if family not in self.families or self.families[family].kind != kind:
+                raise ValueError(f"{where}: must name a {kind} family, not {family!r}")
+            if service_gpu not in self.gpu_pools:
+                raise ValueError(f"{where}: GPU type {service_gpu!r} has no gpu_pools entry")
         return self
+
+    def _service_families(self) -> list[tuple[str, str, GpuType, str]]:
+        """(where, family, GPU type, kind) of the families the chat API and the document store use."""
+        out: list[tuple[str, str, GpuType, str]] = []
+        if self.documents is not None:
+            out.append(("documents.embedder", self.documents.embedder, self.documents.inference_type, "embedder"))
+        if self.chat is not None and (local := self.chat.providers.get("Local")) is not None:
+            assert local.family is not None and local.inference_type is not None  # ChatConfig checks
+            out.append(("chat.providers.Local.family", local.family, local.inference_type, "llm"))
+        return out
 
     def _check_helpers(self, app: AppConfig) -> None:
         """A task that calls another family kind needs its family to name a deployed family of that kind."""
@@ -378,12 +529,15 @@ class ServiceConfig(_Strict):
         return tasks, controls
 
     def deployment_keys(self) -> list[tuple[str, GpuType]]:
-        """Every (family, GPU type) some app uses, in registry order."""
+        """Every (family, GPU type) some app, the chat API or the document store uses, in registry order."""
         keys: list[tuple[str, GpuType]] = []
         for app in self.apps:
             for gpu in app.inference_types:
                 if (app.family, gpu) not in keys:
                     keys.append((app.family, gpu))
+        for _, family, service_gpu, _ in self._service_families():
+            if (family, service_gpu) not in keys:
+                keys.append((family, service_gpu))
         return keys
 
 

@@ -5,7 +5,9 @@
 | ingress           | SHA-256 digests of the API keys (never the keys), the names of the    |
 |                   | tenants that have a webhook secret, storage credentials               |
 | tasks (coordinator)| the webhook signing secrets (or their file), storage credentials     |
-| family replicas   | S3 credentials only                                                   |
+| family replicas   | S3 credentials; the ElevenLabs speech family also the ElevenLabs key  |
+| chat              | the LLM vendors' and Tavily's keys (``STUDIO_<VENDOR>_API_KEY``)      |
+| documents         | the Qdrant server's key (``STUDIO_QDRANT_API_KEY``)                   |
 | proxy, controller | nothing                                                               |
 
 The builder (:func:`ingress.wiring.builder.build_app`) reads the secrets once, from the
@@ -26,6 +28,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments.vendors import VENDOR_KEY_VARS
 from storage.keys import validate_tenant
 
 #: Storage credentials: what every replica that reads or writes objects needs.
@@ -42,8 +45,14 @@ WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE = "STUDIO_WEBHOOK_SECRETS", "STUDIO_WEBHOO
 #: What the ingress and coordinator read instead of the keys and secrets themselves.
 API_KEY_DIGESTS, WEBHOOK_TENANTS = "STUDIO_API_KEY_DIGESTS", "STUDIO_WEBHOOK_TENANTS"
 
+QDRANT_API_KEY = "STUDIO_QDRANT_API_KEY"
+#: The chat service's vendors (LLMs and web search); ElevenLabs' key goes to its speech family only.
+CHAT_VENDOR_KEYS = tuple(v for v in VENDOR_KEY_VARS if "ELEVENLABS" not in v)
+SPEECH_VENDOR_KEYS = tuple(v for v in VENDOR_KEY_VARS if "ELEVENLABS" in v)
+
 #: Every variable that is a secret or points at one; never in the shared runtime env.
-SECRET_VARS = (*S3_CREDENTIALS, SIGNING_SECRET, API_KEYS, API_KEYS_FILE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE)
+SECRET_VARS = (*S3_CREDENTIALS, SIGNING_SECRET, API_KEYS, API_KEYS_FILE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE,
+               *VENDOR_KEY_VARS, QDRANT_API_KEY)
 
 
 def key_digest(key: str) -> str:
@@ -137,5 +146,14 @@ class Secrets:
     def for_coordinator(self) -> dict[str, str]:
         return self._pick((*S3_CREDENTIALS, SIGNING_SECRET, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE))
 
-    def for_family(self) -> dict[str, str]:
-        return self._pick(S3_CREDENTIALS)
+    def for_family(self, kind: str = "") -> dict[str, str]:
+        """Storage credentials; a vendor-backed family (``tts_vendor``) also its vendor's key."""
+        return self._pick((*S3_CREDENTIALS, *(SPEECH_VENDOR_KEYS if kind == "tts_vendor" else ())))
+
+    def for_chat(self) -> dict[str, str]:
+        """The chat service: the LLM vendors' and the web search's keys; it stores nothing."""
+        return self._pick(CHAT_VENDOR_KEYS)
+
+    def for_documents(self) -> dict[str, str]:
+        """The document store: the Qdrant server's key."""
+        return self._pick((QDRANT_API_KEY,))

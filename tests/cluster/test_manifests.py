@@ -176,8 +176,12 @@ def test_serve_config_v2_is_the_repository_config_for_a_cluster(serve_config: di
     ServiceConfig.model_validate(app["args"])
     assert serve_config["http_options"]["host"] == "0.0.0.0"
     assert app["args"]["models_dir"] == load_profile(ROOT / "k8s/profile.yaml").weights.mount_path
-    unchanged = {k for k in source["args"] if k not in ("models_dir", "gpu_pools", "control_pool")}
+    unchanged = {k for k in source["args"] if k not in ("models_dir", "gpu_pools", "control_pool", "documents")}
     assert {k: app["args"][k] for k in unchanged} == {k: source["args"][k] for k in unchanged}
+    # The document store: the profile's Qdrant server in place of local mode on one pod's disk, the rest as is.
+    documents = dict(app["args"]["documents"])
+    assert documents.pop("qdrant_url") == load_profile(ROOT / "k8s/profile.yaml").qdrant_url
+    assert documents == {k: v for k, v in source["args"]["documents"].items() if k != "qdrant_path"}
     assert set(app["args"]["gpu_pools"]) == set(source["args"]["gpu_pools"])
     for key in ("name", "route_prefix", "import_path", "logging_config"):
         assert app[key] == source[key]
@@ -239,7 +243,8 @@ def test_secrets_reach_only_the_pods_that_read_them(rayservice: dict[str, Any]) 
             e["valueFrom"]["secretKeyRef"]["name"] for c in group["template"]["spec"]["containers"]
             for e in c["env"] if "valueFrom" in e}
 
-    assert secrets_of(cluster["headGroupSpec"]) == {"studio-api-keys", "studio-webhook-secrets", "studio-s3"}
+    assert secrets_of(cluster["headGroupSpec"]) == {"studio-api-keys", "studio-webhook-secrets", "studio-s3",
+                                                    "studio-vendors"}
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert secrets_of(groups.pop("cpu")) == {"studio-webhook-secrets"}
     assert all(secrets_of(g) == set() for g in groups.values())
@@ -335,3 +340,15 @@ def test_ray_version_matches_the_pinned_ray(rayservice: dict[str, Any]) -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (ray,) = [d for d in deps if d.startswith("ray[")]
     assert ray.endswith("==" + rayservice["spec"]["rayClusterConfig"]["rayVersion"])
+
+
+def test_a_document_store_in_a_cluster_needs_a_qdrant_server() -> None:
+    from cluster.manifests import cluster_serve_config
+
+    profile = load_profile(ROOT / "k8s/profile.yaml").model_copy(update={"qdrant_url": None})
+    original = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    with pytest.raises(ProfileError, match="qdrant_url"):
+        cluster_serve_config(original, profile)
+    _app(original)["args"].pop("documents")
+    _app(original)["args"]["chat"].pop("enhance_prompt", None)
+    assert "documents" not in _app(cluster_serve_config(original, profile))["args"]  # nothing to store: no server needed

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from tests.support.configs import e2e_config
+from tests.support.fakes.elevenlabs import FakeElevenLabs
+from tests.support.fakes.llm_vendors import FakeVendors
 from tests.support.service import LocalService
 
 KEY_A, KEY_B, KEY_C = "sk-test-tenant-a", "sk-test-tenant-b", "sk-test-tenant-c"
@@ -24,7 +26,21 @@ WEBHOOK_SECRET_C = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba987654321
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory):
+def vendors():
+    """Local fakes of the LLM vendors' and Tavily's wire formats (the chat service's SDKs call them)."""
+    with FakeVendors() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def elevenlabs():
+    """A local fake of ElevenLabs' text-to-speech endpoint."""
+    with FakeElevenLabs() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory, vendors, elevenlabs):
     tmp = tmp_path_factory.mktemp("e2e")
     svc = LocalService(
         tmp,
@@ -39,6 +55,10 @@ def service(tmp_path_factory):
             "STUDIO_TENANT_QUOTAS": json.dumps(
                 {"tenant-q": {"max_tasks": QUOTA_TASKS, "images_per_minute": QUOTA_IMAGES_PER_MINUTE}}
             ),
+            **vendors.env(),
+            "STUDIO_ELEVENLABS_BASE_URL": elevenlabs.base_url,
+            "STUDIO_ELEVENLABS_API_KEY": elevenlabs.api_key,
+            "STUDIO_VENDOR_TIMEOUT_SECONDS": "10",
         },
     )
     svc.start()

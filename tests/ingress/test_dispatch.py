@@ -58,3 +58,35 @@ def test_a_dead_replica_is_a_retryable_503():
     with pytest.raises(Overloaded) as exc:
         _run(ray_errors.ActorDiedError())
     assert exc.value.headers == {"Retry-After": "3"}
+
+
+@pytest.mark.parametrize(("reason", "retry_after", "error", "status", "header"), [
+    ("rate_limited", 7.2, "VendorRateLimited", 429, "8"),
+    ("rate_limited", None, "VendorRateLimited", 429, "5"),
+    ("unavailable", 2, "VendorUnavailable", 503, "2"),
+    ("timeout", None, "Timeout", 504, None),
+    ("credentials", None, "UpstreamError", 502, None),
+    ("rejected", None, "ValidationError", 422, None),
+])
+def test_vendor_errors_map_once_with_the_vendors_retry_after(reason, retry_after, error, status, header):
+    from deployments.errors import VendorError
+    from ingress.dispatch import service_call
+
+    exc = VendorError("OpenAI", reason, "too long" if reason == "rejected" else "", retry_after)
+    for raised in (exc, ray_errors.RayTaskError("chat", "tb", exc)):  # unwrapped, and as Ray wraps it
+        with pytest.raises(Exception) as info:
+            asyncio.run(service_call(_Response(raised), "chat", 5, 3))
+        mapped = info.value
+        assert (mapped.error_type, mapped.status_code) == (error, status)
+        assert (mapped.headers or {}).get("Retry-After") == header
+        assert mapped.message.startswith("OpenAI ")
+
+
+def test_another_tenants_document_is_a_404():
+    from deployments.errors import DocumentNotFound
+    from ingress.contract.errors import NotFound
+    from ingress.dispatch import service_call
+
+    with pytest.raises(NotFound) as info:
+        asyncio.run(service_call(_Response(DocumentNotFound("pdf_references[0]")), "chat", 5, 3))
+    assert info.value.message == "pdf_references[0]: no such document"

@@ -14,19 +14,23 @@ LORA_APP = "ap-sd15-lora-multiplex"
 SCALE_APP = "ap-sd15-autoscaled"
 
 
-#: The faces, backgrounds and upscaling apps (issue 9) and what only they need.
-STUDIO_TASKS = ("face", "avatar", "replace_background", "remove_background", "upscale", "sd_upscale")
+#: The faces, backgrounds, upscaling (issue 9) and speech (issue 10) apps and what only they need.
+STUDIO_TASKS = ("face", "avatar", "replace_background", "remove_background", "upscale", "sd_upscale", "tts",
+                "tts_elevenlabs")
 
 
 def e2e_config(tmp: Path, studio_apps: bool = True) -> Path:
     """serve_config.yaml with one tight family deployment (sd15 on a100) for the 503 test,
     an app whose async tasks have a short deadline, and a two-replica LoRA family.
-    ``studio_apps`` False leaves out the faces, backgrounds and upscaling apps and their
-    families (a cluster that tests the serving machinery starts faster without them)."""
+    ``studio_apps`` False leaves out the faces, backgrounds, upscaling and speech apps, the chat
+    API and the document store, and their families (a cluster that tests the serving machinery
+    starts faster without them)."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = config["applications"][0]["args"]
     if not studio_apps:
         args["apps"] = [a for a in args["apps"] if a["task"] not in STUDIO_TASKS]
+        args.pop("chat", None)
+        args.pop("documents", None)
         used = {a["family"] for a in args["apps"]}
         args["families"] = {name: f for name, f in args["families"].items() if name in used}
         for family in args["families"].values():

@@ -32,6 +32,8 @@ class Studio:
     tasks: TaskService | None = None  # None: async tasks are off (e.g. the in-process benchmark)
     facts: ModelFacts | None = None  # None: the model-dependent checks are left to the family
     admission: Admission | None = None  # None: no per-tenant quotas (no coordinator to keep the counts)
+    chat: Any = None  # the chat service deployment's handle (None: no chat API)
+    documents: Any = None  # the document store deployment's handle (None: no pdfVectorStore)
 
     @property
     def fetch_limits(self) -> FetchLimits:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from deployments.catalog import TASK_SCALES, TASKS
+from deployments.catalog import LOCAL_TTS_NEUTRAL, TASK_SCALES, TASKS
 from ingress.contract.schemas.envelope import Envelope
 from ingress.contract.schemas.generation import Flag
 from ingress.wiring.registry import AppConfig
@@ -64,7 +64,7 @@ def json_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_body(model: type[BaseModel]) -> dict[str, Any]:
-    return json_body(model.model_json_schema())
+    return json_body(inline_defs(model.model_json_schema()))
 
 
 #: A field that must be absent, null or empty. (Combinators inside the branches are kept
@@ -213,15 +213,20 @@ def _app_branches(apps: list[AppConfig], properties: dict[str, Any]) -> list[dic
 _ASYNC_ONLY = ("webhook", "reference_id", "priority")
 
 
-def generation_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: bool = True) -> dict[str, Any]:
+def generation_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: bool = True,
+                    enhance: bool = True) -> dict[str, Any]:
     """The request schema of a generation route serving ``apps``: ``app_id`` one of
     theirs, each app's rules a ``oneOf`` branch (apps with the same rules share one),
     and the rules between fields.
-    ``async_tasks`` False: this deployment refuses ``celery: true``."""
+    ``async_tasks`` False: this deployment refuses ``celery: true``; ``enhance`` False: it has no
+    prompt model, and refuses ``enhance_prompt: true``."""
     schema = copy.deepcopy(model.model_json_schema())
     properties = schema["properties"]
     _publish_flags(model, properties)
     _fold_nullables(properties)
+    if not enhance and "enhance_prompt" in properties:
+        properties["enhance_prompt"] = {"anyOf": [{"enum": [False, None]}, _FALSE],
+                                        "description": "No prompt model is configured on this deployment: false only."}
     if not async_tasks:
         properties["celery"] = {**properties["celery"], **_FLAG_FALSE,
                                 "description": "Async tasks are not enabled on this deployment: false only."}
@@ -253,3 +258,54 @@ def generation_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: 
 
 
 _CHANNELS = ("r_color", "g_color", "b_color")
+
+
+def speech_body(model: type[BaseModel], apps: list[AppConfig], async_tasks: bool = True) -> dict[str, Any]:
+    """The request schema of ``getTextToSpeech``: ``app_id`` one of its apps, each app's GPU types
+    and the voice settings a local voice takes (``LOCAL_TTS_NEUTRAL``) in its branch, the async rule."""
+    schema = inline_defs(copy.deepcopy(model.model_json_schema()))
+    properties = schema["properties"]
+    _publish_flags(model, properties)
+    _fold_nullables(properties)
+    properties["generate_audio"] = {**_FLAG_TRUE, "description": properties["generate_audio"].get("description", "")}
+    if not async_tasks:
+        properties["celery"] = {**properties["celery"], **_FLAG_FALSE,
+                                "description": "Async tasks are not enabled on this deployment: false only."}
+    properties["app_id"] = {**properties["app_id"], "enum": [a.app_id for a in apps],
+                            "description": "Which Text To Speech app (`GET apps`); its branch says what it takes."}
+    branches = []
+    for app in apps:
+        props: dict[str, Any] = {"app_id": {"enum": [app.app_id]},
+                                 "inference_type": _nullable({"enum": list(app.inference_types)})}
+        if app.task == "tts":
+            fixed = {name: {"enum": [value, None]} for name, value in LOCAL_TTS_NEUTRAL.items()}
+            props["audio_parameters"] = {"anyOf": [{"type": "null"}, {"type": "object", "properties": fixed}]}
+        branches.append({"title": app.app_id, "description": f"{app.name} ({TASKS[app.task].summary})",
+                         "properties": props})
+    rules: list[dict[str, Any]] = [{"oneOf": branches}]
+    async_only = {"properties": {f: {"type": "null"} if f == "priority" else _EMPTY
+                                 for f in _ASYNC_ONLY if f in properties}}
+    celery = {"required": ["celery"], "properties": {"celery": _FLAG_TRUE}}
+    rules.append({"anyOf": [async_only, celery]} if async_tasks else async_only)
+    schema["allOf"] = rules
+    return schema
+
+
+def inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its local ``#/$defs/...`` references replaced by their definitions (a body
+    schema published inline has no ``$defs`` to point into for every tool). Recursive models stay
+    as they are."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any, seen: tuple[str, ...] = ()) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/") and (name := ref.removeprefix("#/$defs/")) in defs and name not in seen:
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return {**walk(copy.deepcopy(defs[name]), (*seen, name)), **rest}
+            return {k: walk(v, seen) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, seen) for v in node]
+        return node
+
+    return walk(schema)

@@ -1,4 +1,4 @@
-"""The generation routes: authenticate → read and validate the body → app rules →
+"""The generation routes (images, and Text To Speech's audio): authenticate → read and validate the body → app rules →
 run synchronously (dispatch) or store an async task (``celery: true``) → envelope."""
 
 from __future__ import annotations
@@ -19,11 +19,19 @@ from ingress.contract.envelopes import envelope_response
 from ingress.contract.errors import ValidationFailed
 from ingress.contract.metrics import label_request
 from ingress.contract.routes.context import BodyReader, Studio
-from ingress.contract.routes.docs import generation_body, json_body, responses
+from ingress.contract.routes.docs import generation_body, json_body, responses, speech_body
 from ingress.contract.routes.parsing import parse_strict
+from ingress.contract.schemas.chat import parse_request
 from ingress.contract.schemas.envelope import Envelope, output_meta
-from ingress.contract.schemas.generation import GenerationRequest, ImageToImageRequest, TextToImageRequest
-from ingress.contract.validation import check_for_app
+from ingress.contract.schemas.generation import (
+    MAX_PROMPT_CHARS,
+    GenerationRequest,
+    ImageToImageRequest,
+    TextToImageRequest,
+)
+from ingress.contract.schemas.speech import TextToSpeechRequest
+from ingress.contract.validation import check_for_app, check_speech_app
+from ingress.dispatch import service_call
 from ingress.jobs import build_job, redact
 from ingress.model_checks import check_job
 from ingress.tasks.service import body_digest
@@ -52,21 +60,24 @@ _SERVED_BY = {"replica": "X-Studio-Replica", "lora_stack": "X-Studio-Lora-Stack"
 
 
 def router(studio: Studio, read_body: BodyReader) -> APIRouter:
-    """``getTextToImage``, ``getImageToImage`` and its alias ``getImagetoImage``."""
+    """``getTextToImage``, ``getImageToImage`` and its alias ``getImagetoImage``, ``getTextToSpeech``."""
     api = APIRouter(tags=["generation"])
     limits = studio.fetch_limits
     settings = studio.settings
 
-    def body_cap(model: type[GenerationRequest]) -> int:
+    def body_cap(model: type[GenerationRequest] | type[TextToSpeechRequest]) -> int:
         """Routes that take inline images accept bodies up to ``max_image_body_bytes``."""
         return settings.max_image_body_bytes if issubclass(model, ImageToImageRequest) else settings.max_body_bytes
 
-    async def generate(route: str, model: type[GenerationRequest], request: Request, tenant: str):
+    async def generate(route: str, model: type[GenerationRequest] | type[TextToSpeechRequest], request: Request,
+                       tenant: str):
         started = time.perf_counter()
-        req = parse_strict(model, await read_body(request, body_cap(model)))
+        body = await read_body(request, body_cap(model))
+        req = parse_request(model, body) if model is TextToSpeechRequest else parse_strict(model, body)
         if (known := studio.registry.app(req.app_id)) is not None:  # its refusals count against the app too
             label_request(request, app_id=known.app_id, family=known.family, tenant=tenant)
-        app, gpu = check_for_app(route, req, studio.registry)
+        check = check_speech_app if model is TextToSpeechRequest else check_for_app
+        app, gpu = check(route, req, studio.registry)
         label_request(request, gpu=gpu)
         if req.celery:
             return envelope_response(await submit(route, app, gpu, req, tenant, request))
@@ -75,8 +86,11 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         request_id = uuid.uuid4().hex
         job = await build_job(app, req, tenant, request_id, limits, studio.registry.config.families[app.family])
         await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
+        await enhance(req, job)
         result = await studio.dispatcher.run(app.family, gpu, job, settings.sync_timeout_seconds)
-        output, expires_at = await _outputs(studio, result)
+        urls, expires_at = await _outputs(studio, result)
+        # Text To Speech: one audio file's URL; images: a list, one per image.
+        output: str | list[str] = urls[0] if TASKS[app.task].output == "audio" else urls
         STUDIO_METRICS.images(getattr(request.state, "studio_metric_labels", {}), len(result.outputs))
         env = Envelope(
             time_required=round(time.perf_counter() - started, 4),
@@ -104,6 +118,22 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             facts = await studio.facts.get(deployment_name(app.family, gpu), wait=wait)
         check_job(job, facts)
 
+    async def enhance(req, job) -> None:
+        """``enhance_prompt``: the chat model configured for it rewrites ``job.prompt`` (before an async
+        task is stored, so the task runs with the rewrite)."""
+        if not getattr(req, "enhance_prompt", None):
+            return
+        chat = studio.registry.config.chat
+        rules = chat.enhance_prompt if chat is not None else None
+        if rules is None or studio.chat is None:
+            raise ValidationFailed("enhance_prompt: no prompt model is configured on this deployment; send false")
+        reply = await service_call(
+            studio.chat.enhance.remote(rules.llm, rules.llm_model, rules.system, job.prompt, rules.max_tokens,
+                                       rules.temperature),
+            "chat", rules.timeout_seconds, settings.retry_after_seconds)
+        job.original_prompt = job.prompt
+        job.prompt = reply.text[:MAX_PROMPT_CHARS]
+
     async def submit(route, app, gpu, req, tenant, request: Request) -> Envelope:
         """Check everything a synchronous call checks, capture the inputs, store the task."""
         if studio.tasks is None:
@@ -122,13 +152,20 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             await check_webhook_destination(req.webhook, limits)
         job = await build_job(app, req, tenant, "pending", limits, studio.registry.config.families[app.family])
         await check_for_model(app, gpu, job, wait=True)
+        await enhance(req, job)
         if studio.admission is not None:  # counted just before its record is written (ingress.tasks.quotas)
             await studio.admission.check(tenant, req.batch, task=True)
         job.request_id = new_task_id()  # after the inputs: a task's deadline counts from its id
         return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
 
-    def doc(route: str, model: type[GenerationRequest]) -> dict:
+    def doc(route: str, model: type[GenerationRequest] | type[TextToSpeechRequest]) -> dict:
         apps = [a for a in studio.registry.config.apps if TASKS[a.task].route == route]
+        if model is TextToSpeechRequest:
+            body = json_body(speech_body(model, apps, async_tasks=studio.tasks is not None))
+        else:
+            chat = studio.registry.config.chat
+            enhance = studio.chat is not None and chat is not None and chat.enhance_prompt is not None
+            body = json_body(generation_body(model, apps, async_tasks=studio.tasks is not None, enhance=enhance))
         return {
             "response_model": Envelope,
             "responses": {
@@ -136,7 +173,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
                       " (`celery: true`).", "headers": _SYNC_HEADER},
                 **responses(settings, 401, 408, 413, 422, 429, 500, 503, 504, body_bytes=body_cap(model)),
             },
-            "openapi_extra": json_body(generation_body(model, apps, async_tasks=studio.tasks is not None)),
+            "openapi_extra": body,
         }
 
     @api.post("/getTextToImage", summary="Text To Image", **doc("getTextToImage", TextToImageRequest))
@@ -152,6 +189,10 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     @api.post("/getImagetoImage", summary="Alias of getImageToImage", **i2i)
     async def get_image_to_image_alias(request: Request, tenant: Tenant):
         return await generate("getImageToImage", ImageToImageRequest, request, tenant)
+
+    @api.post("/getTextToSpeech", summary="Text To Speech", **doc("getTextToSpeech", TextToSpeechRequest))
+    async def get_text_to_speech(request: Request, tenant: Tenant):
+        return await generate("getTextToSpeech", TextToSpeechRequest, request, tenant)
 
     return api
 

@@ -124,14 +124,16 @@ def deployment_health(family: str, gpu: str, detail: DeploymentDetails | None, a
     return DeploymentHealth(family=family, gpu=gpu, status=status, replicas=running, target=target, available=available)
 
 
-def assess(keys: list[tuple[str, str]], app: ApplicationDetails | None) -> Health:
-    """The public health of the family deployments ``keys`` from Serve's details of the application."""
+def assess(keys: list[tuple[str, str]], app: ApplicationDetails | None, services: tuple[str, ...] = ()) -> Health:
+    """The public health of the family deployments ``keys`` and the service deployments ``services``
+    (``chat``, ``documents``) from Serve's details of the application."""
     found = app.deployments if app is not None else {}
     app_status = _value(app.status) if app is not None else ""
     deployments = {
         deployment_name(family, gpu): deployment_health(family, gpu, found.get(deployment_name(family, gpu)), app_status)
         for family, gpu in keys
     }
+    deployments.update({name: deployment_health(name, "", found.get(name), app_status) for name in services})
     ready = all(d.available for d in deployments.values())
     return Health(status="ready" if ready else "degraded", deployments=deployments)
 
@@ -139,7 +141,9 @@ def assess(keys: list[tuple[str, str]], app: ApplicationDetails | None) -> Healt
 def router(studio: Studio, view: ServeView | None = None) -> APIRouter:
     api = APIRouter(tags=["health"])
     serve_view = view if view is not None else ServeView()
-    keys = [(family, str(gpu)) for family, gpu in studio.registry.config.deployment_keys()]
+    config = studio.registry.config
+    keys = [(family, str(gpu)) for family, gpu in config.deployment_keys()]
+    services = tuple(name for name, on in (("documents", config.documents), ("chat", config.chat)) if on is not None)
     retry_after = str(studio.settings.retry_after_seconds)
     docs: dict[int | str, Any] = {503: {
         "model": Health,
@@ -153,7 +157,7 @@ def router(studio: Studio, view: ServeView | None = None) -> APIRouter:
              "work, 503 otherwise. Read from Ray Serve at most once a second.", responses=docs)
     async def get_status() -> JSONResponse:
         ok, app = await serve_view.get()
-        health = assess(keys, app) if ok else Health(status="unknown", deployments={})
+        health = assess(keys, app, services) if ok else Health(status="unknown", deployments={})
         headers = {"Cache-Control": "no-store"}
         if health.status != "ready":
             headers["Retry-After"] = retry_after

@@ -42,3 +42,10 @@ class Envelope(BaseModel):
     progress: float | None = Field(None, description="Async tasks: 0..1 while running (denoising steps done).")
     reference_id: str | None = Field(None, description="Async tasks: the submit's reference_id.")
     track_id: str | None = Field(None, description="Webhook calls: the submit's track_id.")
+
+
+class ChatEnvelope(Envelope):
+    """``POST chat``'s envelope: ``output`` is the assistant's text, plus the token usage."""
+
+    promptTokens: int | None = Field(None, description="Tokens the model read (the provider's count).")  # noqa: N815
+    completionTokens: int | None = Field(None, description="Tokens the model wrote.")  # noqa: N815

@@ -98,6 +98,10 @@ class GenerationRequest(BaseModel):
         None, description="What the checker does to flagged images; default sensitive_content_text."
     )
     base64: Flag = Field(False, description="true: return images inline as data: URIs instead of URLs.")
+    enhance_prompt: Flag | None = Field(
+        None, description="true: the configured chat model rewrites `prompt` before generation; "
+        "`meta.enhanced_prompt` returns what was used. Default false.",
+    )
     webhook: str | None = Field(
         None, max_length=2048, description="Async tasks: http(s) URL POSTed the final envelope, signed (Standard Webhooks)."
     )

@@ -19,8 +19,9 @@ ServiceState = Literal["ready", "degraded", "unknown"]
 class DeploymentHealth(BaseModel):
     """One family deployment, as Ray Serve sees it."""
 
-    family: str = Field(description="The model family (the registry's `families` key).")
-    gpu: str = Field(description="The GPU type it runs on (an `inference_type`).")
+    family: str = Field(description="The model family (the registry's `families` key), or the service "
+                        "(`chat`, `documents`).")
+    gpu: str = Field(description="The GPU type it runs on (an `inference_type`); empty for a service.")
     status: DeploymentState = Field(
         description="`ready`: a replica runs. `scaled_to_zero`: no replica and none wanted; the autoscaler starts "
         "one on the next request (counts as available). `starting`: replicas wanted, none running yet (available "

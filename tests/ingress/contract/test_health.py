@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ARGS = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
 KEYS = ServiceConfig.model_validate({**ARGS, "models_dir": "/nonexistent"}).deployment_keys()
 NAMES = [f"{family}-{gpu}" for family, gpu in KEYS]
+SERVICES = ["documents", "chat"]  # serve_config.yaml's document store and chat service
 #: What must never reach a client: ids, addresses, Serve's own messages.
 SECRETS = ("replica-id-x", "node-id-y", "actor-id-z", "10.1.2.3", "Traceback", "boom at 10.9.9.9")
 
@@ -54,7 +55,7 @@ def application(deployments: dict[str, DeploymentDetails], status: str = "RUNNIN
 
 
 def healthy(**overrides: DeploymentDetails) -> ApplicationDetails:
-    found = {name: deployment(name) for name in NAMES}
+    found = {name: deployment(name) for name in [*NAMES, *SERVICES]}
     found.update({k.replace("_", "-"): v for k, v in overrides.items()})
     found["ingress"] = deployment("ingress")
     return application(found)
@@ -143,10 +144,18 @@ def test_200_without_a_key_and_the_public_shape(monkeypatch):
     r = client.get(f"{PREFIX}/get-status")
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
     body = r.json()
-    assert body["status"] == "ready" and list(body["deployments"]) == NAMES
+    assert body["status"] == "ready" and list(body["deployments"]) == [*NAMES, *SERVICES]
     assert body["deployments"]["sdxl-a100"] == {"family": "sdxl", "gpu": "a100", "status": "ready",
                                                 "replicas": 1, "target": 1, "available": True}
+    assert body["deployments"]["chat"] == {"family": "chat", "gpu": "", "status": "ready", "replicas": 1,
+                                           "target": 1, "available": True}
     _no_internals(r.text)
+
+
+def test_a_service_deployment_down_is_degraded(monkeypatch):
+    client = _client(Reads(healthy(documents=deployment("documents", "UNHEALTHY", (), 1))), monkeypatch=monkeypatch)
+    r = client.get(f"{PREFIX}/get-status")
+    assert r.status_code == 503 and r.json()["deployments"]["documents"]["status"] == "unhealthy"
 
 
 def test_503_when_a_family_cannot_take_work(monkeypatch):

@@ -33,7 +33,7 @@ from storage.tasks import TaskStore
 ROOT = Path(__file__).resolve().parents[3]
 KEY = "sk-openapi-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-GENERATION = ("getTextToImage", "getImageToImage", "getImagetoImage")
+GENERATION = ("getTextToImage", "getImageToImage", "getImagetoImage", "getTextToSpeech")
 ERRORS = {401, 408, 413, 422, 500, 503}
 STATUSES = {
     ("post", "getTextToImage"): {200, 429, 504, *ERRORS},
@@ -45,6 +45,12 @@ STATUSES = {
     ("get", "apps"): {200, 401, 500},
     ("get", "get-status"): {200, 503},
     ("get", "files/{key}"): {200, 404, 422, 500},
+    ("post", "getTextToSpeech"): {200, 429, 504, *ERRORS},
+    ("post", "chat"): {200, 404, 429, 504, *ERRORS},
+    ("post", "streamChat"): {200, 404, 429, 504, *ERRORS},
+    ("post", "pdfVectorStore"): {200, 404, 429, 504, *ERRORS},
+    ("post", "getDocument"): {200, 404, 401, 422, 500, 503},
+    ("post", "deleteDocument"): {200, 404, 401, 422, 500, 503},
 }
 
 

@@ -20,21 +20,27 @@ def test_family_deployments_are_pinned_to_their_gpu_type(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
     bound = family_deployments(ServiceConfig.model_validate(_args()))
     assert list(bound) == DEPLOYMENTS  # registry order, whatever the binding order
-    models = {"rembg": "tiny-saliency", "esrgan": "tiny-esrgan-4x", "sd-x4": "tiny-sd-x4-upscaler"}
+    models = {"rembg": "tiny-saliency", "esrgan": "tiny-esrgan-4x", "sd-x4": "tiny-sd-x4-upscaler",
+              "piper": "tiny-piper-voice", "minilm": "tiny-minilm", "local-llm": "tiny-chat-llm"}
     for name, app in bound.items():
         d = app._bound_deployment
         gpu = name.rsplit("-", 1)[1]
+        family = name.rsplit("-", 1)[0]
         assert d.name == name
+        assert d.init_kwargs["gpu"] == gpu
+        if family == "elevenlabs":  # a vendor: no GPU, on the control pool; its model is ElevenLabs' id
+            assert d.ray_actor_options["num_cpus"] == 0 and "resources" not in d.ray_actor_options
+            assert d.init_args[0] == "eleven_multilingual_v2"
+            continue
         assert d.ray_actor_options["resources"] == {gpu: 1}
         assert d.ray_actor_options["num_cpus"] == 0
-        family = name.rsplit("-", 1)[0]
         if family in ("sd15", "sdxl"):
             assert d.max_ongoing_requests == 2 and d.max_queued_requests == 8
         assert d.init_args[0] == str(tmp_path / models.get(family, f"tiny-{family}"))
-        assert d.init_kwargs["gpu"] == gpu
 
 
-DEPLOYMENTS = ["sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100", "rembg-a10g", "esrgan-a10g", "sd-x4-a10g"]
+DEPLOYMENTS = ["sd15-a10g", "sd15-a100", "sdxl-a100", "sdxl-h100", "rembg-a10g", "esrgan-a10g", "sd-x4-a10g",
+               "piper-a10g", "elevenlabs-a10g", "minilm-a10g", "local-llm-a10g"]
 
 
 def test_each_kind_gets_its_own_arguments_and_helpers_their_handles(tmp_path, monkeypatch):
@@ -61,12 +67,21 @@ def test_each_kind_gets_its_own_arguments_and_helpers_their_handles(tmp_path, mo
 
 def test_build_app_binds_the_ingress_with_every_handle(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("STUDIO_QDRANT_PATH", str(tmp_path / "qdrant"))
     app = build_app(_args())
     d = app._bound_deployment
     assert d.name == "ingress"
     assert d.max_ongoing_requests == 64 and d.max_queued_requests == 256
-    config, handles, coordinator = d.init_args
+    config, handles, coordinator, services = d.init_args
     assert list(handles) == DEPLOYMENTS
+    documents, chat = services["documents"]._bound_deployment, services["chat"]._bound_deployment
+    assert documents.name == "documents" and documents.num_replicas == 1  # Qdrant's local mode: one process
+    assert documents.init_args[0] is handles["minilm-a10g"]
+    assert documents.init_kwargs["qdrant_path"] == str(tmp_path / "qdrant")
+    assert documents.init_kwargs["limits"]["chunk_chars"] == 1000
+    assert chat.name == "chat" and chat.init_kwargs["local_llm"] is handles["local-llm-a10g"]
+    assert chat.init_kwargs["documents"] is services["documents"]
+    assert "resources" not in chat.ray_actor_options and "resources" not in documents.ray_actor_options
     tasks = coordinator._bound_deployment
     assert tasks.name == "tasks" and tasks.num_replicas == 1
     assert set(tasks.init_args[0]) == set(handles)
@@ -97,15 +112,27 @@ def test_each_deployment_gets_its_share_of_the_secrets(tmp_path, monkeypatch):
         "STUDIO_API_KEYS": json.dumps({"sk-live": "acme"}),
         "STUDIO_WEBHOOK_SECRETS": json.dumps({"acme": "whsec_c2VjcmV0"}),
         "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": "s3-secret",
+        "STUDIO_OPENAI_API_KEY": "sk-openai", "STUDIO_TAVILY_API_KEY": "tvly-key",
+        "STUDIO_ELEVENLABS_API_KEY": "xi-key", "STUDIO_QDRANT_API_KEY": "qdrant-key",
     })
     ingress = build_app(_args(), secrets=found)._bound_deployment
-    _, handles, coordinator = ingress.init_args
+    _, handles, coordinator, services = ingress.init_args
     envs = {"ingress": ingress.ray_actor_options["runtime_env"]["env_vars"],
             "tasks": coordinator._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]}
     for name, family in handles.items():
         envs[name] = family._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
-        assert family._bound_deployment.ray_actor_options["resources"]  # pinning kept
+        assert family._bound_deployment.ray_actor_options.get("resources") or name == "elevenlabs-a10g"  # pinned
+    for name, service in services.items():
+        envs[name] = service._bound_deployment.ray_actor_options.get("runtime_env", {}).get("env_vars", {})
     assert all("sk-live" not in json.dumps(env) for env in envs.values())
     assert [name for name, env in envs.items() if "STUDIO_WEBHOOK_SECRETS" in env] == ["tasks"]
-    assert all(env["STUDIO_STORAGE_S3_SECRET_ACCESS_KEY"] == "s3-secret" for env in envs.values())
+    assert all(env["STUDIO_STORAGE_S3_SECRET_ACCESS_KEY"] == "s3-secret" for name, env in envs.items()
+               if name not in services)
     assert "STUDIO_API_KEY_DIGESTS" in envs["ingress"]
+    # The vendors' keys: the LLMs' and Tavily's to the chat service only, ElevenLabs' to its family, Qdrant's to
+    # the document store; the chat service and the document store get no storage credentials.
+    holders = {key: [name for name, env in envs.items() if key in env] for key in
+               ("STUDIO_OPENAI_API_KEY", "STUDIO_TAVILY_API_KEY", "STUDIO_ELEVENLABS_API_KEY", "STUDIO_QDRANT_API_KEY")}
+    assert holders == {"STUDIO_OPENAI_API_KEY": ["chat"], "STUDIO_TAVILY_API_KEY": ["chat"],
+                       "STUDIO_ELEVENLABS_API_KEY": ["elevenlabs-a10g"], "STUDIO_QDRANT_API_KEY": ["documents"]}
+    assert envs["chat"] == {"STUDIO_OPENAI_API_KEY": "sk-openai", "STUDIO_TAVILY_API_KEY": "tvly-key"}

@@ -28,6 +28,8 @@ def one_family_config(tmp: Path) -> Path:
     args["families"] = {"sd15": family}
     args["apps"] = [{"app_id": "ap-stop", "name": "stop test", "family": "sd15", "task": "text2img",
                      "inference_types": ["a10g"]}]
+    args.pop("chat", None)
+    args.pop("documents", None)
     path = tmp / "serve_config.stop.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

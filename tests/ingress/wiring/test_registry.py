@@ -1,6 +1,7 @@
 """The registry in serve_config.yaml, its validation and the per-app rules."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def test_public_view_has_no_model_sources(registry):
 def test_one_deployment_per_family_and_gpu(registry):
     keys = registry.config.deployment_keys()
     assert keys == [("sd15", "a10g"), ("sd15", "a100"), ("sdxl", "a100"), ("sdxl", "h100"), ("rembg", "a10g"),
-                    ("esrgan", "a10g"), ("sd-x4", "a10g")]
+                    ("esrgan", "a10g"), ("sd-x4", "a10g"), ("piper", "a10g"), ("elevenlabs", "a10g"),
+                    ("minilm", "a10g"), ("local-llm", "a10g")]  # the last two: the document store's and chat's
 
 
 def test_default_gpu_is_first(registry):
@@ -133,3 +135,34 @@ def test_config_errors_are_caught(args):
     bad["apps"][3]["defaults"]["height"] = 256
     with pytest.raises(ValidationError, match="outside its limits"):
         ServiceConfig.model_validate(bad)
+
+
+def _broken(args, change) -> dict:
+    bad = copy.deepcopy(args)
+    change(bad)
+    return bad
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda a: a["documents"].update(qdrant_url="http://qdrant:6333"), "exactly one of `qdrant_path`"),
+    (lambda a: a["documents"].update(deployment={"num_replicas": 2}), "local mode is single-process"),
+    (lambda a: a["documents"].update(embedder="local-llm"), "must name a embedder family"),
+    (lambda a: a["documents"]["limits"].update(chunk_overlap=1000), "chunk_overlap must be at most half"),
+    (lambda a: a["chat"]["providers"]["Local"].pop("family"), "give `family` and `inference_type` together"),
+    (lambda a: [a["chat"]["providers"]["Local"].pop(k) for k in ("family", "inference_type")],
+     "providers.Local needs `family`"),
+    (lambda a: a["chat"]["providers"]["OpenAI"].update(vision_models=["gpt-9"]), "vision_models gpt-9"),
+    (lambda a: a["chat"]["providers"]["OpenAI"].update(default_model="gpt-9"), "default_model 'gpt-9'"),
+    (lambda a: a["chat"]["enhance_prompt"].update(llm_model="gpt-4o"), "enhance_prompt: Local/gpt-4o"),
+    (lambda a: a["chat"].update(max_tokens_default=9000), "max_tokens_default exceeds"),
+    (lambda a: a["apps"].append({"app_id": "ap-embed", "name": "x", "family": "minilm", "task": "tts",
+                                 "inference_types": ["a10g"]}), "task tts runs on tts families"),
+])
+def test_chat_and_documents_config_errors_are_caught(args, change, words):
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        ServiceConfig.model_validate(_broken(args, change))
+
+
+def test_a_config_without_chat_or_documents_deploys_neither(args):
+    config = ServiceConfig.model_validate(_broken(args, lambda a: (a.pop("chat"), a.pop("documents"))))
+    assert ("minilm", "a10g") not in config.deployment_keys() and ("local-llm", "a10g") not in config.deployment_keys()

@@ -1,0 +1,163 @@
+"""The ChatBot routes: ``chat`` (the whole reply in the envelope) and ``streamChat`` (NDJSON).
+
+Both read either request shape of the contract (``ingress.contract.schemas.chat``), turn it
+into a :class:`~deployments.chat.messages.ChatJob` (``ingress.chat_jobs``: history rules,
+``llm_model`` per provider, images fetched under the image rules) and call the chat service
+deployment, which runs the tools and the provider.
+
+``streamChat`` answers one JSON object per line: ``{"output": "<piece>"}`` as the model writes,
+then ``{"output": null, "promptTokens": n, "completionTokens": m}`` (plus ``sources`` when a tool
+retrieved passages). An error before the first piece is the usual envelope with its status; an
+error after it is a last line ``{"output": null, "error": ..., "error_data": ...}``. A client that
+disconnects cancels the call, which stops the provider's stream or the local model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from deployments.chat.messages import ChatJob, Retrieved, Source, TextDelta, Usage
+from ingress.chat_jobs import ChatLimits, build_chat_job, provider_models, redact_chat
+from ingress.contract.auth import Tenant
+from ingress.contract.envelopes import envelope_response
+from ingress.contract.errors import NotFound, StudioError, Timeout
+from ingress.contract.routes.context import BodyReader, Studio
+from ingress.contract.routes.docs import model_body, responses
+from ingress.contract.schemas.chat import ChatRequest, parse_chat_request
+from ingress.contract.schemas.envelope import ChatEnvelope
+from ingress.dispatch import map_call_error, service_call
+
+log = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+
+
+def source_json(source: Source) -> dict[str, Any]:
+    """A retrieved passage as the envelope shows it (no empty fields)."""
+    return {k: v for k, v in dataclasses.asdict(source).items() if v is not None}
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+
+
+def router(studio: Studio, read_body: BodyReader) -> APIRouter:
+    api = APIRouter(tags=["chat"])
+    settings = studio.settings
+
+    def chat_config():
+        config = studio.registry.config.chat
+        if config is None or studio.chat is None:
+            raise NotFound("the chat API is not enabled on this deployment")
+        return config
+
+    async def prepare(request: Request, tenant: str) -> tuple[ChatRequest, ChatJob]:
+        config = chat_config()
+        req = parse_chat_request(await read_body(request, settings.max_image_body_bytes))
+        # Whether Tavily has a key is the chat service's secret: it answers that one (502) itself.
+        limits = ChatLimits.from_config(config, documents_enabled=studio.documents is not None)
+        job = await build_chat_job(req, tenant, uuid.uuid4().hex, provider_models(config), limits,
+                                   studio.fetch_limits)
+        return req, job
+
+    def doc(summary: str, stream: bool) -> dict[str, Any]:
+        ok = ({"description": "NDJSON: `{\"output\": \"<piece>\"}` lines, then `{\"output\": null, \"promptTokens\": n, "
+                              "\"completionTokens\": m}`.", "content": {NDJSON: {"schema": {"type": "string"}}}}
+              if stream else {"description": "The assistant's reply in `output`, with the token usage."})
+        return {
+            "summary": summary,
+            "response_model": None if stream else ChatEnvelope,
+            "responses": {200: ok, **responses(settings, 401, 404, 408, 413, 422, 429, 500, 503, 504,
+                                               body_bytes=settings.max_image_body_bytes)},
+            "openapi_extra": model_body(ChatRequest),
+        }
+
+    @api.post("/chat", **doc("ChatBot", stream=False))
+    async def chat(request: Request, tenant: Tenant):
+        started = time.perf_counter()
+        req, job = await prepare(request, tenant)
+        reply = await service_call(studio.chat.chat.remote(job), "chat", chat_config().timeout_seconds,
+                                   settings.retry_after_seconds)
+        env = ChatEnvelope(
+            time_required=round(time.perf_counter() - started, 4), input=redact_chat(req), output=reply.text,
+            task_id=job.request_id, status="SUCCESS", promptTokens=reply.usage.prompt_tokens,
+            completionTokens=reply.usage.completion_tokens,
+            meta={"llm": job.provider, "llm_model": job.model, "sources": [source_json(s) for s in reply.sources]},
+        )
+        log.info("chat", extra={"tenant": tenant, "llm": job.provider, "llm_model": job.model,
+                                "seconds": env.time_required, "completion_tokens": reply.usage.completion_tokens})
+        return envelope_response(env)
+
+    @api.post("/streamChat", **doc("ChatBot, streamed as JSON lines", stream=True))
+    async def stream_chat(request: Request, tenant: Tenant):
+        _, job = await prepare(request, tenant)
+        timeout = chat_config().timeout_seconds
+        response = studio.chat.options(stream=True).stream.remote(job)
+        events = response.__aiter__()
+        deadline = time.monotonic() + timeout
+        try:  # the first event (or the call's error) before answering: errors keep their status
+            first = await asyncio.wait_for(events.__anext__(), timeout)
+        except StopAsyncIteration:
+            first = Usage(0, 0)
+        except TimeoutError:
+            response.cancel()
+            raise Timeout(f"chat did not answer within {timeout:g} s") from None
+        except Exception as exc:
+            response.cancel()
+            raise map_call_error(exc, "chat", settings.retry_after_seconds) from None
+        return StreamingResponse(_ndjson(first, events, response, deadline, settings.retry_after_seconds),
+                                 media_type=NDJSON, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return api
+
+
+async def _ndjson(first: Any, events: AsyncIterator[Any], response: Any, deadline: float,
+                  retry_after: int) -> AsyncIterator[bytes]:
+    """The stream's lines; closing it early (a client that went away) cancels the chat call."""
+    sources: tuple[Source, ...] | None = None
+    event = first
+    done = False
+    try:
+        while True:
+            if isinstance(event, Retrieved):
+                sources = event.sources
+            elif isinstance(event, TextDelta):
+                if event.text:
+                    yield _line({"output": event.text})
+            elif isinstance(event, Usage):
+                last: dict[str, Any] = {"output": None, "promptTokens": event.prompt_tokens,
+                                        "completionTokens": event.completion_tokens}
+                if sources is not None:
+                    last["sources"] = [source_json(s) for s in sources]
+                yield _line(last)
+                done = True
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                event = await asyncio.wait_for(events.__anext__(), left)
+            except StopAsyncIteration:
+                event = Usage(0, 0)  # the service always ends with a Usage; never leave the client hanging
+    except TimeoutError:
+        yield _line({"output": None, "error": "Timeout", "error_data": "chat did not finish in time"})
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        mapped = map_call_error(exc, "chat", retry_after)
+        error = mapped if isinstance(mapped, StudioError) else None
+        yield _line({"output": None, "error": error.error_type if error else "InternalError",
+                     "error_data": error.message if error else "the chat stream failed"})
+    finally:
+        if not done:
+            response.cancel()
