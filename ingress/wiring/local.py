@@ -309,6 +309,12 @@ def print_ready(port: int, found: Any, data_dir: Path, metrics_port: int) -> Non
         "\"seed\": 42}'",
         flush=True,
     )
+    print(
+        f"  curl -sN {base}/streamChat -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        "-d '{\"llm\": \"Local\", \"history\": [{\"role\": \"user\", \"content\": \"hello\"}], \"max_tokens\": 16}'"
+    )
+    print("  (the Local chat model and the piper voice are tiny random ones too: gibberish and beeps; set "
+          "STUDIO_<VENDOR>_API_KEY for OpenAI, ClaudeAI, MistralAI, GeminiAI, Tavily, ElevenLabs)")
     print(f"Health: curl -s {base}/get-status")
     print("Stop with Ctrl-C (a second Ctrl-C kills at once).", flush=True)
 
