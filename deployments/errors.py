@@ -99,7 +99,9 @@ class VendorError(JobError):
     (no keys, no URLs of ours); the full error goes to the log only.
     """
 
-    error_type = "VendorError"
+    #: The envelope's ``error`` per reason (what the ingress answers; an async task's record says the same).
+    ERROR_TYPES = {"rate_limited": "VendorRateLimited", "unavailable": "VendorUnavailable", "timeout": "Timeout",
+                   "credentials": "UpstreamError", "rejected": "ValidationError"}
 
     def __init__(self, vendor: str, reason: VendorReason, detail: str = "", retry_after: float | None = None):
         super().__init__(f"{vendor}: {reason}: {detail}")
@@ -110,6 +112,10 @@ class VendorError(JobError):
 
     def __reduce__(self):
         return type(self), (self.vendor, self.reason, self.detail, self.retry_after)
+
+    @property
+    def error_type(self) -> str:  # type: ignore[override]
+        return self.ERROR_TYPES[self.reason]
 
     @property
     def public(self) -> str:

@@ -200,6 +200,12 @@ def webhook_fingerprint(url: str) -> str:
     return "redacted:sha256:" + hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+def redact_url(value: str) -> str:
+    """An input URL as echoed: scheme, host, port and path; no user info; credential-like query values
+    ``REDACTED``."""
+    return _redact_value(value)
+
+
 def _redact_value(value: str) -> str:
     if value.startswith(("http://", "https://")):
         try:

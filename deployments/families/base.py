@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, new_incident
+from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, VendorError, new_incident
 from deployments.metrics import STUDIO_METRICS
 from deployments.types import Job, Output, Result, TaskRef, job_from_payload, payload_images
 
@@ -349,7 +349,7 @@ class FamilyBase(ABC, Generic[J]):
         except TaskStopped:
             await asyncio.to_thread(lease.revoked)
             return lease.stop_reason or "stopped"
-        except (InvalidJobError, ModelError) as exc:
+        except (InvalidJobError, ModelError, VendorError) as exc:
             await asyncio.to_thread(lease.fail, exc.error_type, exc.public)
             return "FAILURE"
         outputs, meta = await asyncio.to_thread(self._store, job, produced)

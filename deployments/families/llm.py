@@ -227,10 +227,11 @@ class LocalLLMFamily:
 
     # -- checks -------------------------------------------------------------
     def new_token_budget(self, call: ProviderCall) -> int:
-        """How many tokens the call may generate: its ``max_tokens``, capped at this replica's limit."""
-        if isinstance(call.max_tokens, bool) or not isinstance(call.max_tokens, int) or call.max_tokens < 1:
-            raise InvalidJobError("max_tokens", f"allowed: 1..{self.max_new_tokens}")
-        return min(call.max_tokens, self.max_new_tokens)
+        """How many tokens the call may generate: its ``max_tokens``, within this replica's limit."""
+        if isinstance(call.max_tokens, bool) or not isinstance(call.max_tokens, int) or not \
+                1 <= call.max_tokens <= self.max_new_tokens:  # more is a 422, never silently cut
+            raise InvalidJobError("max_tokens", f"allowed: 1..{self.max_new_tokens} on the local model")
+        return call.max_tokens
 
     def check_temperature(self, call: ProviderCall) -> float:
         value = call.temperature

@@ -43,6 +43,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,9 @@ def check_prompt(prompt: Any) -> str:
     if not isinstance(prompt, str) or not PROMPT_MIN <= len(prompt) <= PROMPT_MAX:
         got = f"{len(prompt)} characters" if isinstance(prompt, str) else type(prompt).__name__
         raise InvalidJobError("prompt", f"allowed: {PROMPT_MIN}..{PROMPT_MAX} characters of text (got {got})")
+    # Control characters and lone surrogates carry no speech and break espeak-ng's C API: they become spaces.
+    prompt = "".join(" " if (unicodedata.category(c) == "Cc" and c not in "\n\t") or unicodedata.category(c) == "Cs"
+                     else c for c in prompt)
     if not prompt.strip():
         raise InvalidJobError("prompt", "the text is blank")
     return prompt
@@ -254,7 +258,7 @@ class LocalSpeechFamily(FamilyBase[SpeechJob]):
     def check(self, job: SpeechJob) -> VoicePlan:
         """Refuse what this voice cannot do; return how to speak the job."""
         check_task(job)
-        check_prompt(job.prompt)
+        job.prompt = check_prompt(job.prompt)
         for name, neutral in NEUTRAL_SETTINGS.items():
             value = getattr(job, name)
             checked = check_flag(name, value) if name == "use_speaker_boost" else check_unit(name, value)
@@ -459,7 +463,7 @@ class ElevenLabsSpeechFamily(FamilyBase[SpeechJob]):
     def check(self, job: SpeechJob) -> tuple[str, dict[str, Any]]:
         """The voice id and the ``voice_settings`` fields to send (only those the job sets)."""
         check_task(job)
-        check_prompt(job.prompt)
+        job.prompt = check_prompt(job.prompt)
         voice_id = job.voice_id if job.voice_id is not None else self.default_voice_id
         if not isinstance(voice_id, str) or not _VOICE_ID.fullmatch(voice_id):
             raise InvalidJobError("voice_id", "allowed: an ElevenLabs voice id (1..64 of A-Z, a-z, 0-9, _ and -)")
@@ -474,9 +478,18 @@ class ElevenLabsSpeechFamily(FamilyBase[SpeechJob]):
         return voice_id, settings
 
     # -- hooks ------------------------------------------------------------
-    async def prepare(self, job: SpeechJob) -> VendorAudio:
-        """The vendor call (IO, under the job lock): MP3 bytes, checked."""
-        voice_id, settings = self.check(job)
+    async def prepare(self, job: SpeechJob) -> tuple[str, dict[str, Any]]:
+        """The job's checks, before anything is called: the voice and its settings."""
+        return self.check(job)
+
+    def produce(self, job: SpeechJob, on_step: OnStep | None, prepared: Any = None) -> tuple[str, dict[str, Any]]:
+        """Nothing runs here (no model): the call is IO, made in ``finish`` outside the job lock so
+        that calls to the vendor overlap up to the deployment's ``max_ongoing_requests``."""
+        return prepared
+
+    async def finish(self, job: SpeechJob, produced: Any, prepared: Any = None) -> VendorAudio:
+        """The vendor call: MP3 bytes, checked."""
+        voice_id, settings = produced
         if not self.endpoint.api_key:
             raise VendorError(VENDOR, "credentials", "no ElevenLabs key is configured for this service")
         timeout = self.endpoint.timeout_seconds
@@ -532,13 +545,6 @@ class ElevenLabsSpeechFamily(FamilyBase[SpeechJob]):
         if not chunks:
             raise VendorError(VENDOR, "unavailable", "the vendor sent no audio")
         return b"".join(chunks)
-
-    def produce(self, job: SpeechJob, on_step: OnStep | None, prepared: Any = None) -> VendorAudio:
-        if not isinstance(prepared, VendorAudio):
-            raise RuntimeError("the vendor audio was not fetched")
-        if on_step is not None:
-            on_step(1, 1)
-        return prepared
 
     def package(self, job: SpeechJob, produced: VendorAudio) -> tuple[list[Packaged], dict[str, Any]]:
         meta = {"duration_seconds": round(produced.duration_seconds, 3), "format": "mp3",

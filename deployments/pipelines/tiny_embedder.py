@@ -48,8 +48,10 @@ def vocab_tokens() -> list[str]:
     return tokens
 
 
-def make_tiny_embedder(out_dir: Path) -> Path:
-    """Write the tiny sentence-transformers model into ``out_dir``; return ``out_dir``."""
+def make_tiny_embedder(out_dir: Path, *, hidden_size: int = HIDDEN_SIZE, layers: int = 2, heads: int = 4,
+                       intermediate_size: int = 37) -> Path:
+    """Write the tiny sentence-transformers model into ``out_dir``; return ``out_dir``. The sizes are for
+    benchmarks (e.g. all-MiniLM-L6-v2's shape: 384 wide, 6 layers, 12 heads, 1536), still random."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -65,17 +67,17 @@ def make_tiny_embedder(out_dir: Path) -> Path:
         tokenizer.save_pretrained(str(base))
         config = BertConfig(
             vocab_size=len(tokens),
-            hidden_size=HIDDEN_SIZE,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
+            hidden_size=hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate_size,
             max_position_embeddings=512,
             pad_token_id=0,
         )
         torch.manual_seed(_SEED)
         BertModel(config).save_pretrained(str(base), safe_serialization=True)
         transformer = Transformer(str(base), max_seq_length=MAX_SEQ_LENGTH)
-        pooling = Pooling(HIDDEN_SIZE, pooling_mode="mean")
+        pooling = Pooling(hidden_size, pooling_mode="mean")
         model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
         model.save(str(out))
     return out

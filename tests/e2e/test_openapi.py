@@ -13,6 +13,12 @@ generation bodies it sends where validity depends on more than a body's shape:
 * cost: one image, two steps, the app's smallest size, and a strength that leaves one
   denoising step (``int(strength × steps) >= 1``, a product JSON Schema cannot state).
 
+Bodies of the non-image routes are narrowed the same way: a chat body becomes a short,
+valid conversation with the Local model (turn order, a provider's models and tool
+combinations are rules between fields the schema cannot state, and the vendors are
+fakes), a ``pdfVectorStore`` URL a small real PDF, and a Text To Speech ``voice_id`` is
+dropped (a local voice's names are the loaded voice's facts).
+
 Invalid (negative) cases are sent as generated. Async submits are cancelled at once
 so that queued tasks do not load the cluster.
 """
@@ -100,23 +106,51 @@ def tame(body: dict, apps: dict[str, dict], png: str) -> None:
         body["strength"] = max(body["strength"], 0.5)
 
 
+CHAT = ("chat", "streamChat")
+
+
+def tame_other(route: str, body: dict, pdf: str) -> None:
+    """Narrow a schema-valid body of the chat, document and speech routes (see the module docstring)."""
+    if route in CHAT:
+        body.clear()
+        body.update({"llm": "Local", "history": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+    elif route == "pdfVectorStore":
+        body["url"] = pdf
+    elif route == "getTextToSpeech" and isinstance(body.get("audio_parameters"), dict):
+        body["audio_parameters"].pop("voice_id", None)
+
+
+def _pdf_data_uri() -> str:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    pdf.add_page()
+    pdf.multi_cell(0, 8, "A short page for the conformance run. " * 4)
+    return "data:application/pdf;base64," + base64.b64encode(bytes(pdf.output())).decode()
+
+
 if os.environ.get(_APPS_ENV):
     _APPS = {a["app_id"]: a for a in json.loads(os.environ[_APPS_ENV])}
     _API = os.environ[_API_ENV]
     _PNG = _png_data_uri()
+    _PDF = _pdf_data_uri()
 
     @schemathesis.hook
     def before_call(context, case, kwargs):  # noqa: ARG001
         positive = case.meta is not None and case.meta.generation.mode.is_positive
-        if positive and isinstance(case.body, dict) and case.path.rsplit("/", 1)[-1] in GENERATION:
+        route = case.path.rsplit("/", 1)[-1]
+        if positive and isinstance(case.body, dict) and route in GENERATION:
             tame(case.body, _APPS, _PNG)
+        if positive and isinstance(case.body, dict):
+            tame_other(route, case.body, _PDF)
 
     @schemathesis.hook
     def after_call(context, case, response):  # noqa: ARG001
         route = case.path.rsplit("/", 1)[-1]
         with open(os.environ[_LOG_ENV], "a") as log:
             log.write(f"{route} {response.status_code}\n")
-        if response.status_code != 200 or route not in GENERATION:
+        if response.status_code != 200 or route not in (*GENERATION, "getTextToSpeech"):
             return
         env = response.json()
         if env.get("status") == "PENDING" and env.get("task_id"):

@@ -8,7 +8,9 @@ deployment, which runs the tools and the provider.
 ``streamChat`` answers one JSON object per line: ``{"output": "<piece>"}`` as the model writes,
 then ``{"output": null, "promptTokens": n, "completionTokens": m}`` (plus ``sources`` when a tool
 retrieved passages). An error before the first piece is the usual envelope with its status; an
-error after it is a last line ``{"output": null, "error": ..., "error_data": ...}``. A client that
+error after it is a last line ``{"output": null, "promptTokens": null, "completionTokens": null,
+"error": ..., "error_data": ...}``. The tools' passages are held back until the provider's first
+piece, so a provider that fails at once still answers with its own status. A client that
 disconnects cancels the call, which stops the provider's stream or the local model.
 """
 
@@ -105,26 +107,31 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         response = studio.chat.options(stream=True).stream.remote(job)
         events = response.__aiter__()
         deadline = time.monotonic() + timeout
-        try:  # the first event (or the call's error) before answering: errors keep their status
+        held: tuple[Source, ...] | None = None
+        try:  # the first piece (or the call's error) before answering: errors keep their status
             first = await asyncio.wait_for(events.__anext__(), timeout)
+            while isinstance(first, Retrieved):  # the tools' passages come before the provider answers: hold them
+                held = first.sources
+                first = await asyncio.wait_for(events.__anext__(), max(deadline - time.monotonic(), 0.001))
         except StopAsyncIteration:
             first = Usage(0, 0)
         except TimeoutError:
             response.cancel()
             raise Timeout(f"chat did not answer within {timeout:g} s") from None
-        except Exception as exc:
+        except BaseException as exc:  # a client gone before the first piece (CancelledError) cancels the call too
             response.cancel()
+            if not isinstance(exc, Exception):
+                raise
             raise map_call_error(exc, "chat", settings.retry_after_seconds) from None
-        return StreamingResponse(_ndjson(first, events, response, deadline, settings.retry_after_seconds),
+        return StreamingResponse(_ndjson(first, events, response, deadline, settings.retry_after_seconds, held),
                                  media_type=NDJSON, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     return api
 
 
 async def _ndjson(first: Any, events: AsyncIterator[Any], response: Any, deadline: float,
-                  retry_after: int) -> AsyncIterator[bytes]:
+                  retry_after: int, sources: tuple[Source, ...] | None = None) -> AsyncIterator[bytes]:
     """The stream's lines; closing it early (a client that went away) cancels the chat call."""
-    sources: tuple[Source, ...] | None = None
     event = first
     done = False
     try:
@@ -150,13 +157,15 @@ async def _ndjson(first: Any, events: AsyncIterator[Any], response: Any, deadlin
             except StopAsyncIteration:
                 event = Usage(0, 0)  # the service always ends with a Usage; never leave the client hanging
     except TimeoutError:
-        yield _line({"output": None, "error": "Timeout", "error_data": "chat did not finish in time"})
+        yield _line({"output": None, "promptTokens": None, "completionTokens": None, "error": "Timeout",
+                     "error_data": "chat did not finish in time"})
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         mapped = map_call_error(exc, "chat", retry_after)
         error = mapped if isinstance(mapped, StudioError) else None
-        yield _line({"output": None, "error": error.error_type if error else "InternalError",
+        yield _line({"output": None, "promptTokens": None, "completionTokens": None,
+                     "error": error.error_type if error else "InternalError",
                      "error_data": error.message if error else "the chat stream failed"})
     finally:
         if not done:

@@ -23,6 +23,7 @@ from ingress.contract.schemas.envelope import Envelope
 from ingress.dispatch import service_call
 from ingress.inputs import FetchLimits
 from ingress.inputs.fetch import fetch_url
+from ingress.jobs import redact_url
 
 PDF_MAGIC = b"%PDF-"
 _DATA_PREFIX = "data:application/pdf;base64,"
@@ -73,7 +74,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
                                     settings.retry_after_seconds)
         env = Envelope(
             time_required=round(time.perf_counter() - started, 4),
-            input={"url": req.url if not req.url.startswith("data:") else "data:application/pdf;base64,..."},
+            input={"url": redact_url(req.url) if not req.url.startswith("data:") else "data:application/pdf;base64,..."},
             output={"id": stored["id"], "chunks": stored["chunks"]},
             task_id=uuid.uuid4().hex, status="SUCCESS",
             meta={"pages": stored.get("pages"), "characters": stored.get("characters")},

@@ -66,8 +66,8 @@ class TextToSpeechRequest(BaseModel):
         description="Which speech app to run; `GET apps` lists the valid ids.", min_length=1, max_length=64
     )
     prompt: str = Field(
-        min_length=MIN_PROMPT_CHARS, max_length=MAX_PROMPT_CHARS,
-        description=f"The text to speak, {MIN_PROMPT_CHARS}..{MAX_PROMPT_CHARS} characters.",
+        min_length=MIN_PROMPT_CHARS, max_length=MAX_PROMPT_CHARS, pattern=r"\S",
+        description=f"The text to speak, {MIN_PROMPT_CHARS}..{MAX_PROMPT_CHARS} characters, not all blank.",
     )
     generate_audio: AudioWanted = Field(
         True, description="Make the audio file (default true). false is refused: it would produce nothing."

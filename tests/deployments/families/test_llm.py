@@ -86,8 +86,11 @@ def test_greedy_matches_transformers_and_is_deterministic(family):
 
 def test_max_tokens_cap(family):
     assert asyncio.run(collect(family, a_call(max_tokens=7)))[-1].completion_tokens == 7
-    capped = asyncio.run(collect(family, a_call(max_tokens=100_000)))  # the replica's max_new_tokens wins
-    assert capped[-1].completion_tokens == family.max_new_tokens == 256
+    at_cap = asyncio.run(collect(family, a_call(max_tokens=family.max_new_tokens)))
+    assert at_cap[-1].completion_tokens == family.max_new_tokens == 256
+    with pytest.raises(InvalidJobError) as caught:  # one past the replica's limit: a 422, never cut silently
+        asyncio.run(collect(family, a_call(max_tokens=family.max_new_tokens + 1)))
+    assert caught.value.field == "max_tokens" and "1..256" in caught.value.message
 
 
 def test_complete_equals_the_stream(family):
@@ -196,12 +199,12 @@ def test_too_long_history_is_refused(tiny_dir):
     family = LocalLLMFamily(str(tiny_dir), max_new_tokens=16, max_input_tokens=40)
     long_turns = (ChatTurn("user", "tell me about the sea " * 20),)
     with pytest.raises(InvalidJobError) as caught:
-        asyncio.run(collect(family, a_call(turns=long_turns)))
+        asyncio.run(collect(family, a_call(max_tokens=8, turns=long_turns)))
     assert caught.value.field == "history"
     assert "allowed up to 40" in caught.value.message and "tokens" in caught.value.message
     huge = (ChatTurn("user", "x" * 100_000),)  # refused before tokenizing
     with pytest.raises(InvalidJobError) as caught:
-        asyncio.run(collect(family, a_call(turns=huge)))
+        asyncio.run(collect(family, a_call(max_tokens=8, turns=huge)))
     assert caught.value.field == "history"
 
 

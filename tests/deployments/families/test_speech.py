@@ -198,12 +198,12 @@ def test_vendor_sends_the_documented_request_and_stores_the_mp3(fake) -> None:
 def test_vendor_defaults_voice_and_leaves_settings_to_the_voice(fake) -> None:
     family = vendor(fake)
     fake.requests.clear()
-    audio = asyncio.run(family.prepare(job()))
+    checked = asyncio.run(family.prepare(job()))  # checks only: nothing sent under the job lock
+    assert fake.requests == [] and family.produce(job(), None, checked) is checked
+    audio = asyncio.run(family.finish(job(), checked))  # the call, outside the lock
     [sent] = fake.requests
     assert sent.voice_id == DEFAULT_VOICE_ID and "voice_settings" not in sent.body
     assert audio.duration_seconds == pytest.approx(len(THREE_SENTENCES) / 15, abs=0.1)
-    steps: list[tuple[int, int]] = []
-    assert family.produce(job(), lambda d, t: steps.append((d, t)), audio) is audio and steps == [(1, 1)]
 
 
 @pytest.mark.parametrize(
@@ -322,3 +322,33 @@ def test_an_async_task_speaks_and_publishes_per_attempt_audio(voice_dir, tmp_pat
     assert asyncio.run(family.run_task(TaskRef("acme", refused_tid, 1))) == "FAILURE"
     failed = family.tasks.get("acme", refused_tid)
     assert failed is not None and failed.error == "ValidationError" and "style" in (failed.error_data or "")
+
+
+def test_vendor_calls_overlap_outside_the_job_lock(fake) -> None:
+    """Two jobs on one replica: the vendor's 1 s each overlap (the call runs after the model lock)."""
+    import time
+
+    family = vendor(fake)
+    fake.slow(1.0)
+    fake.slow(1.0)
+
+    async def both():
+        return await asyncio.gather(family.run(job(request_id="a")), family.run(job(request_id="b")))
+
+    started = time.monotonic()
+    first, second = asyncio.run(both())
+    assert time.monotonic() - started < 1.8 and first.outputs[0].key != second.outputs[0].key
+
+
+def test_a_vendor_error_carries_the_contracts_error_type() -> None:
+    for reason, error in (("rate_limited", "VendorRateLimited"), ("unavailable", "VendorUnavailable"),
+                          ("timeout", "Timeout"), ("credentials", "UpstreamError"), ("rejected", "ValidationError")):
+        assert VendorError("ElevenLabs", reason).error_type == error  # an async task's record says the same
+
+
+def test_control_characters_and_lone_surrogates_are_spoken_around_not_a_500(local) -> None:
+    """A JSON body can carry NULs and lone surrogates; espeak-ng's C API breaks on both."""
+    for text in ("\x00\x01 hello there \x07", "\ud800 hello there \udfff"):
+        result = asyncio.run(local.run(job(prompt=text, request_id="ctl")))
+        assert result.meta["duration_seconds"] > 0.2
+    assert refused(local, "prompt", prompt="\x00" * 12).message == "the text is blank"

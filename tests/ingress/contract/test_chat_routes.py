@@ -223,3 +223,10 @@ def test_text_to_speech_answers_one_url():
     assert r.status_code == 422 and "call getTextToImage instead" in r.json()["error_data"]
     r = client.post(f"{PREFIX}/getTextToImage", headers=AUTH, json={"app_id": "ap-text-to-speech"})
     assert r.status_code == 422 and "call getTextToSpeech instead" in r.json()["error_data"]
+
+
+def test_a_provider_failing_after_the_tools_ran_keeps_its_status():
+    """The passages come first; they are held until the provider's first piece, so its 429 stays a 429."""
+    chat = _Chat([Retrieved((SOURCE,))], error=VendorError("OpenAI", "rate_limited", "", 4))
+    r = _client(chat).post(f"{PREFIX}/streamChat", headers=AUTH, json=BODY)
+    assert r.status_code == 429 and r.headers["retry-after"] == "4" and chat.streams[0].cancelled
