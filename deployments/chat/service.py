@@ -46,19 +46,31 @@ _CONTEXT_RULES = (
 )
 
 
-def context_message(system: str | None, sources: tuple[Source, ...]) -> str | None:
-    """The system message with the retrieved passages appended (``system`` alone when none)."""
-    if not sources:
-        return system
-    lines, used = [], 0
+def _entry(n: int, source: Source) -> str:
+    where = (f"document {source.document_id}, page {source.page}" if source.kind == "document"
+             else f"{source.title or 'web page'} <{source.url}>")
+    return f"[{n}] ({where})\n{source.text.strip()}"
+
+
+def fit_context(sources: tuple[Source, ...]) -> tuple[Source, ...]:
+    """The passages that fit in ``MAX_CONTEXT_CHARS``, in order: what the model is given, and so
+    what the client is told it was given."""
+    kept: list[Source] = []
+    used = 0
     for n, source in enumerate(sources, 1):
-        where = (f"document {source.document_id}, page {source.page}" if source.kind == "document"
-                 else f"{source.title or 'web page'} <{source.url}>")
-        entry = f"[{n}] ({where})\n{source.text.strip()}"
-        if used + len(entry) > MAX_CONTEXT_CHARS:
+        size = len(_entry(n, source))
+        if used + size > MAX_CONTEXT_CHARS:
             break
-        lines.append(entry)
-        used += len(entry)
+        kept.append(source)
+        used += size
+    return tuple(kept)
+
+
+def context_message(system: str | None, sources: tuple[Source, ...]) -> str | None:
+    """The system message with the retrieved passages that fit appended (``system`` alone when none)."""
+    lines = [_entry(n, source) for n, source in enumerate(fit_context(sources), 1)]
+    if not lines:
+        return system
     parts = [system.strip()] if system and system.strip() else []
     parts += [_CONTEXT_RULES, "\n\n".join(lines)]
     return "\n\n".join(parts)
@@ -161,7 +173,7 @@ class ChatService:
     # -- the calls -----------------------------------------------------------
     async def stream(self, job: ChatJob) -> AsyncGenerator[ChatEvent | Retrieved, None]:
         """Retrieved passages (when a tool ran), the reply's pieces, then its usage."""
-        sources = await self.retrieve(job)
+        sources = fit_context(await self.retrieve(job))
         if job.documents or job.internet_search:
             yield Retrieved(sources)
         call = ProviderCall(model=job.model, system=context_message(job.system, sources), turns=job.turns,

@@ -18,10 +18,10 @@ tenant's included — is unknown (``DocumentNotFound``, a 404), never a 403.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import os
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,7 +30,7 @@ from typing import Any
 
 from deployments.chat.messages import Source
 from deployments.documents.chunking import Chunk, chunk_pages
-from deployments.documents.pdf import PageText, PdfLimits, extract_pages
+from deployments.documents.pdf import PdfLimits, extract_pages
 from deployments.documents.vectors import DEFAULT_COLLECTION, VectorIndex
 from deployments.errors import DocumentNotFound, InvalidJobError, JobError, ModelError, new_incident
 
@@ -109,7 +109,11 @@ class DocumentStore:
         self.embedder = embedder
         self.limits = DocumentLimits.from_dict(limits)
         self.index = VectorIndex(path=qdrant_path, url=qdrant_url, collection=collection)
-        self._parses = threading.BoundedSemaphore(self.limits.max_parallel_parses)
+        # Parses wait on the event loop (a cancelled request never starts one) and run on their own
+        # threads, so Qdrant calls and the health check never queue behind a PDF.
+        self._parses = asyncio.Semaphore(self.limits.max_parallel_parses)
+        self._parse_pool = concurrent.futures.ThreadPoolExecutor(self.limits.max_parallel_parses,
+                                                                 thread_name_prefix="pdf-parse")
         logger.info("document store open collection=%s mode=%s", collection, "local" if qdrant_path else "server",
                     extra={"collection": collection, "qdrant_mode": "local" if qdrant_path else "server"})
 
@@ -143,7 +147,9 @@ class DocumentStore:
         Refusals are ``InvalidJobError`` on ``url`` naming the limit (see :mod:`.pdf`)."""
         _check_tenant(tenant)
         start = time.perf_counter()
-        pages = await asyncio.to_thread(self._extract, pdf)
+        async with self._parses:
+            pages = await asyncio.get_running_loop().run_in_executor(self._parse_pool, extract_pages, pdf,
+                                                                     self.limits.pdf())
         limits = self.limits
         chunks = chunk_pages(pages, chunk_chars=limits.chunk_chars, overlap_chars=limits.chunk_overlap,
                              max_chunks=limits.max_chunks)
@@ -163,10 +169,6 @@ class DocumentStore:
                     extra={"tenant": tenant, "document_id": document_id, "pages": page_count, "chunks": len(chunks),
                            "characters": characters})
         return {"id": document_id, "chunks": len(chunks), "pages": page_count, "characters": characters}
-
-    def _extract(self, pdf: bytes) -> list[PageText]:
-        with self._parses:  # a thread waits here: bounded by the deployment's max_ongoing_requests
-            return extract_pages(pdf, self.limits.pdf())
 
     async def _index(self, tenant: str, document_id: str, chunks: Sequence[Chunk], pages: int) -> None:
         step = self.limits.embed_slice
@@ -234,7 +236,8 @@ class DocumentStore:
                 "qdrant": "local" if self.index.local else "server", "limits": asdict(self.limits)}
 
     def close(self) -> None:
-        """Release the index (local mode: its file lock)."""
+        """Release the index (local mode: its file lock) and the parse threads."""
+        self._parse_pool.shutdown(wait=False, cancel_futures=True)
         self.index.close()
 
     async def check_health(self) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from deployments.chat.messages import ChatJob, ChatTurn, Retrieved, Source, TextDelta, Usage
-from deployments.chat.service import MAX_CONTEXT_CHARS, ChatService, LocalProvider, context_message
+from deployments.chat.service import MAX_CONTEXT_CHARS, ChatService, LocalProvider, context_message, fit_context
 from deployments.errors import DocumentNotFound, InvalidJobError, VendorError
 from deployments.vendors import VendorSettings
 from tests.support.fakes.llm_vendors import FakeVendors
@@ -122,6 +122,8 @@ def test_context_is_bounded_and_absent_without_sources():
     many = tuple(Source(kind="document", text="x" * 5000, document_id="d", page=1) for _ in range(20))
     text = context_message(None, many)
     assert text is not None and len(text) <= MAX_CONTEXT_CHARS + 500 and "[4]" in text and "[6]" not in text
+    kept = fit_context(many)  # what the client is told the model saw: exactly the passages in the text
+    assert 4 <= len(kept) < 6 and f"[{len(kept)}]" in text and f"[{len(kept) + 1}]" not in text
 
 
 class _Stream:

@@ -298,3 +298,37 @@ def test_constructor_checks(tmp_path):
     store = DocumentStore(None, qdrant_path=str(tmp_path / "d"), limits={"max_pages": 9})
     assert store.info()["limits"]["max_pages"] == 9 and store.info()["qdrant"] == "local"
     store.close()
+
+
+def test_a_cancelled_store_waiting_for_a_parse_never_runs_one(tmp_path, monkeypatch):
+    """Parses wait on the event loop: requests cancelled while they wait (a client gone, an ingress
+    timeout) start no parse, and the replica's other calls do not queue behind parses."""
+    import threading
+
+    from deployments.documents import service as service_module
+
+    started: list[int] = []
+    release = threading.Event()
+
+    def slow_extract(pdf, limits):
+        started.append(1)
+        release.wait(5)
+        raise InvalidJobError("url", "stand-in parse")
+
+    monkeypatch.setattr(service_module, "extract_pages", slow_extract)
+    store = DocumentStore(None, qdrant_path=str(tmp_path / "q"), limits={"max_parallel_parses": 1})
+
+    async def scenario():
+        first = asyncio.create_task(store.store("acme", b"%PDF-1"))
+        waiting = [asyncio.create_task(store.store("acme", b"%PDF-1")) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        for task in waiting:
+            task.cancel()
+        assert await store.get("acme", "0" * 32) is None  # answered while a parse runs
+        release.set()
+        with pytest.raises(InvalidJobError):
+            await first
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert started == [1]  # only the first request parsed
