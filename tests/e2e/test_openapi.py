@@ -5,7 +5,8 @@ Schemathesis runs as its own process (its CLI) with this module as its hooks fil
 the hooks below register only there (``_APPS_ENV`` set). They narrow the schema-valid
 generation bodies it sends where validity depends on more than a body's shape:
 
-* ``image`` / ``mask_url`` become a real inline PNG (any other string cannot decode);
+* ``image`` / ``mask_url`` become a real inline PNG (any other string cannot decode), with a
+  face the tiny detector finds for the face apps;
 * ``webhook`` is dropped (it needs the tenant's signing secret and a public host);
 * the options the loaded model decides (scheduler and its options, ``clip_skip``, LoRA
   and VAE names) are dropped: their allowed values are the family's facts, not the
@@ -87,12 +88,12 @@ def _min_side(rng: dict) -> int:
     return -(-int(rng["min"]) // 64) * 64
 
 
-def tame(body: dict, apps: dict[str, dict], png: str) -> None:
+def tame(body: dict, apps: dict[str, dict], png: str, face: str = "") -> None:
     """Narrow a schema-valid generation body as the module docstring says (it stays schema-valid)."""
     app = apps.get(body.get("app_id"))
     for field in ("image", "mask_url"):
         if body.get(field):
-            body[field] = png
+            body[field] = face if face and field == "image" and app and app["task"] in ("face", "avatar") else png
     for field in ("webhook", *MODEL_OPTIONS):
         body.pop(field, None)
     if app is None:
@@ -120,6 +121,15 @@ def tame_other(route: str, body: dict, pdf: str) -> None:
         body["audio_parameters"].pop("voice_id", None)
 
 
+def _face_data_uri() -> str:
+    """A picture with a face the tiny face detector finds (face apps answer NoFaceDetected otherwise)."""
+    from deployments.pipelines.tiny_faces import draw_faces
+
+    buf = io.BytesIO()
+    draw_faces((512, 512), [(256, 240, 120)]).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def _pdf_data_uri() -> str:
     from fpdf import FPDF
 
@@ -135,13 +145,14 @@ if os.environ.get(_APPS_ENV):
     _API = os.environ[_API_ENV]
     _PNG = _png_data_uri()
     _PDF = _pdf_data_uri()
+    _FACE = _face_data_uri()
 
     @schemathesis.hook
     def before_call(context, case, kwargs):  # noqa: ARG001
         positive = case.meta is not None and case.meta.generation.mode.is_positive
         route = case.path.rsplit("/", 1)[-1]
         if positive and isinstance(case.body, dict) and route in GENERATION:
-            tame(case.body, _APPS, _PNG)
+            tame(case.body, _APPS, _PNG, _FACE)
         if positive and isinstance(case.body, dict):
             tame_other(route, case.body, _PDF)
 
