@@ -30,7 +30,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -40,13 +40,13 @@ from ingress.contract.schemas import chat as schema
 from ingress.contract.schemas.chat import ChatRequest, TurnContent
 from ingress.inputs import FetchLimits, load_image
 from ingress.inputs.images import fit_within
+from ingress.jobs import redact_url
 
 log = logging.getLogger(__name__)
 
 _IMAGE_URL = re.compile(r"https?://[^\s<>\"'`]+", re.IGNORECASE)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _URL_TRAILER = ".,;:!?)]}"
-_SECRET_PARAM = re.compile(r"(sig|signature|token|key|secret|credential|auth|password)", re.I)
 
 
 @dataclass(frozen=True)
@@ -396,21 +396,5 @@ def redact_chat(req: ChatRequest) -> dict[str, Any]:
         content = turn.get("content")
         if isinstance(content, dict):
             for item in content.get("image_data") or []:
-                item["url"] = _echo_image(item["url"])
+                item["url"] = redact_url(item["url"])
     return echo
-
-
-def _echo_image(value: str) -> str:
-    if not value.lower().startswith(("http://", "https://")):
-        return f"<inline image, {len(value)} characters>"
-    try:
-        parts = urlsplit(value)
-        netloc = parts.hostname or ""
-        if ":" in netloc:  # an IPv6 literal keeps its brackets
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-    except ValueError:
-        return "<unparseable URL>"
-    query = [(k, "REDACTED" if _SECRET_PARAM.search(k) else v) for k, v in parse_qsl(parts.query, True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))

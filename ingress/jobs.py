@@ -186,7 +186,7 @@ def redact(req: GenerationRequest) -> dict[str, Any]:
     for field in _INPUT_FIELDS:
         value = echo.get(field)
         if isinstance(value, str):
-            echo[field] = _redact_value(value)
+            echo[field] = redact_url(value)
     if isinstance(echo.get("webhook"), str):
         echo["webhook"] = webhook_fingerprint(echo["webhook"])
     return echo
@@ -201,13 +201,9 @@ def webhook_fingerprint(url: str) -> str:
 
 
 def redact_url(value: str) -> str:
-    """An input URL as echoed: scheme, host, port and path; no user info; credential-like query values
-    ``REDACTED``."""
-    return _redact_value(value)
-
-
-def _redact_value(value: str) -> str:
-    if value.startswith(("http://", "https://")):
+    """An input as echoed: a URL keeps its scheme, host, port and path, loses any user info, and
+    credential-like query values become ``REDACTED``; inline data is summarised."""
+    if value.lower().startswith(("http://", "https://")):
         try:
             parts = urlsplit(value)
             netloc = parts.hostname or ""
