@@ -14,6 +14,7 @@ from deployments.chat.service import MAX_CONTEXT_CHARS, ChatService, LocalProvid
 from deployments.errors import DocumentNotFound, InvalidJobError, VendorError
 from deployments.vendors import VendorSettings
 from tests.support.fakes.llm_vendors import FakeVendors
+from tests.support.handles import Method, Stream
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +27,6 @@ def _settings(fake: FakeVendors, **override) -> VendorSettings:
     values = {k.removeprefix("STUDIO_").lower(): v for k, v in fake.env().items()}
     return VendorSettings(**{**values, "vendor_timeout_seconds": 5, **override})
 
-
-class _Method:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args):
-        return self.fn(*args)
 
 
 class _Documents:
@@ -50,7 +44,7 @@ class _Documents:
                 out += docs[(tenant, doc)]
             return out[:limit]
 
-        self.search = _Method(search)
+        self.search = Method(search)
 
 
 def _job(**kw) -> ChatJob:
@@ -126,44 +120,25 @@ def test_context_is_bounded_and_absent_without_sources():
     assert 4 <= len(kept) < 6 and f"[{len(kept)}]" in text and f"[{len(kept) + 1}]" not in text
 
 
-class _Stream:
-    """A Serve streaming response stand-in: yields events, records cancel()."""
-
-    def __init__(self, events, error=None):
-        self.events, self.error, self.cancelled = list(events), error, False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if self.events:
-            return self.events.pop(0)
-        if self.error is not None:
-            raise self.error
-        raise StopAsyncIteration
-
-    def cancel(self):
-        self.cancelled = True
-
 
 class _LLM:
     def __init__(self, stream):
         self.stream = stream
-        self.generate = _Method(lambda call: self.stream)
+        self.generate = Method(lambda call: self.stream)
 
     def options(self, **_):
         return self
 
 
 def test_local_provider_passes_job_errors_and_cancels_on_close():
-    bad = _Stream([], InvalidJobError("history", "too long"))
+    bad = Stream([], InvalidJobError("history", "too long"))
     with pytest.raises(InvalidJobError):
         asyncio.run(_collect(LocalProvider(_LLM(bad))))
-    broken = _Stream([TextDelta("a")], RuntimeError("replica died"))
+    broken = Stream([TextDelta("a")], RuntimeError("replica died"))
     with pytest.raises(VendorError) as info:
         asyncio.run(_collect(LocalProvider(_LLM(broken))))
     assert info.value.reason == "unavailable" and "died" not in info.value.public
-    long = _Stream([TextDelta("a"), TextDelta("b"), TextDelta("c")])
+    long = Stream([TextDelta("a"), TextDelta("b"), TextDelta("c")])
 
     async def first_then_close():
         gen = LocalProvider(_LLM(long)).stream(_job().__class__ and None)  # the call object is not inspected

@@ -22,36 +22,13 @@ from ingress.contract.auth import KeyRing
 from ingress.wiring.registry import Registry, ServiceConfig
 from ingress.wiring.settings import IngressSettings
 from storage.local import LocalObjectStore
+from tests.support.handles import Method, Stream
 
 ROOT = Path(__file__).resolve().parents[3]
 AUTH = {"Authorization": "Bearer sk-chat-test"}
 SOURCE = Source(kind="document", text="Penguins nest on rock.", score=0.8, document_id="doc1", chunk=0, page=2)
 
 
-class _Call:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args):
-        return self.fn(*args)
-
-
-class _Stream:
-    def __init__(self, events, error=None):
-        self.events, self.error, self.cancelled = list(events), error, False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if self.events:
-            return self.events.pop(0)
-        if self.error is not None:
-            raise self.error
-        raise StopAsyncIteration
-
-    def cancel(self):
-        self.cancelled = True
 
 
 class _Chat:
@@ -59,7 +36,7 @@ class _Chat:
 
     def __init__(self, events=(), error=None):
         self.jobs: list = []
-        self.streams: list[_Stream] = []
+        self.streams: list[Stream] = []
         self.events, self.error = list(events), error
 
         async def chat(job):
@@ -72,11 +49,11 @@ class _Chat:
 
         def stream(job):
             self.jobs.append(job)
-            self.streams.append(_Stream(self.events, self.error))
+            self.streams.append(Stream(self.events, self.error))
             return self.streams[-1]
 
-        self.chat = _Call(chat)
-        self.stream = _Call(stream)
+        self.chat = Method(chat)
+        self.stream = Method(stream)
 
     def options(self, **_):
         return self
@@ -94,7 +71,7 @@ class _Documents:
         async def delete(tenant, doc):
             return (tenant, doc) == ("tenant-a", "d" * 32)
 
-        self.store, self.get, self.delete = _Call(store), _Call(get), _Call(delete)
+        self.store, self.get, self.delete = Method(store), Method(get), Method(delete)
 
 
 class _Family:
