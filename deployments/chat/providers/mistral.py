@@ -14,9 +14,9 @@ from typing import Any, cast
 from mistralai.client import Mistral
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
-from deployments.chat.messages import ChatTurn, ProviderCall
+from deployments.chat.messages import ProviderCall
 from deployments.chat.providers.base import ChatProvider, UsageCount
-from deployments.chat.providers.openai import data_url
+from deployments.chat.providers.openai import chat_messages, data_url
 from deployments.vendors import Endpoint
 
 #: The SDK's own retries are off: the client retries (told when by Retry-After).
@@ -24,18 +24,8 @@ NO_RETRIES = RetryConfig("none", BackoffStrategy(500, 1000, 1.5, 1000), retry_co
 
 
 def mistral_messages(call: ProviderCall) -> list[dict[str, Any]]:
-    """The call as Mistral chat messages."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": call.system}] if call.system else []
-    messages += [_message(turn) for turn in call.turns]
-    return messages
-
-
-def _message(turn: ChatTurn) -> dict[str, Any]:
-    if turn.role != "user" or not turn.images:
-        return {"role": turn.role, "content": turn.text}
-    parts: list[dict[str, Any]] = [{"type": "text", "text": turn.text}] if turn.text else []
-    parts += [{"type": "image_url", "image_url": data_url(image.data, image.media_type)} for image in turn.images]
-    return {"role": "user", "content": parts}
+    """The call as Mistral chat messages (an image part's ``image_url`` is the data URL itself)."""
+    return chat_messages(call, lambda image: data_url(image.data, image.media_type))
 
 
 def _delta_text(content: Any) -> str:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
 from openai import AsyncOpenAI, omit
 
-from deployments.chat.messages import ChatTurn, ProviderCall
+from deployments.chat.messages import ChatImage, ProviderCall
 from deployments.chat.providers.base import ChatProvider, UsageCount
 from deployments.vendors import Endpoint
 
@@ -31,20 +31,23 @@ def data_url(data: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def openai_messages(call: ProviderCall) -> list[dict[str, Any]]:
-    """The call as OpenAI chat messages (Mistral's shape differs only in its image parts)."""
+def chat_messages(call: ProviderCall, image_url: Callable[[ChatImage], Any]) -> list[dict[str, Any]]:
+    """The call as chat-completions messages (OpenAI's and Mistral's shape); ``image_url`` makes an
+    image part's ``image_url`` value, the one place the two differ."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": call.system}] if call.system else []
-    messages += [_message(turn) for turn in call.turns]
+    for turn in call.turns:
+        if turn.role != "user" or not turn.images:
+            messages.append({"role": turn.role, "content": turn.text})
+            continue
+        parts: list[dict[str, Any]] = [{"type": "text", "text": turn.text}] if turn.text else []
+        parts += [{"type": "image_url", "image_url": image_url(image)} for image in turn.images]
+        messages.append({"role": "user", "content": parts})
     return messages
 
 
-def _message(turn: ChatTurn) -> dict[str, Any]:
-    if turn.role != "user" or not turn.images:
-        return {"role": turn.role, "content": turn.text}
-    parts: list[dict[str, Any]] = [{"type": "text", "text": turn.text}] if turn.text else []
-    parts += [{"type": "image_url", "image_url": {"url": data_url(image.data, image.media_type), "detail": image.detail}}
-              for image in turn.images]
-    return {"role": "user", "content": parts}
+def openai_messages(call: ProviderCall) -> list[dict[str, Any]]:
+    """The call as OpenAI chat messages (images with their ``detail``)."""
+    return chat_messages(call, lambda image: {"url": data_url(image.data, image.media_type), "detail": image.detail})
 
 
 class OpenAIProvider(ChatProvider):
