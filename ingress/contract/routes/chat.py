@@ -63,13 +63,18 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             raise NotFound("the chat API is not enabled on this deployment")
         return config
 
+    # Read once from the registry: the providers' models and the bounds. Whether Tavily has a key is
+    # the chat service's secret: it answers that one (502) itself.
+    config = studio.registry.config.chat
+    providers = provider_models(config) if config is not None else {}
+    limits = (ChatLimits.from_config(config, documents_enabled=studio.documents is not None)
+              if config is not None else None)
+
     async def prepare(request: Request, tenant: str) -> tuple[ChatRequest, ChatJob]:
-        config = chat_config()
+        chat_config()
+        assert limits is not None  # chat_config() refused a deployment without a chat config
         req = parse_chat_request(await read_body(request, settings.max_image_body_bytes))
-        # Whether Tavily has a key is the chat service's secret: it answers that one (502) itself.
-        limits = ChatLimits.from_config(config, documents_enabled=studio.documents is not None)
-        job = await build_chat_job(req, tenant, uuid.uuid4().hex, provider_models(config), limits,
-                                   studio.fetch_limits)
+        job = await build_chat_job(req, tenant, uuid.uuid4().hex, providers, limits, studio.fetch_limits)
         return req, job
 
     def doc(summary: str, stream: bool) -> dict[str, Any]:
