@@ -308,3 +308,38 @@ def test_enhance_prompt_rewrites_with_the_chat_model(client):
     assert r.status_code == 200, r.text
     meta = r.json()["meta"]
     assert meta["original_prompt"] == "a cat" and meta["enhanced_prompt"] and meta["enhanced_prompt"] != "a cat"
+
+
+def test_two_of_each_at_once_each_get_their_own_answer(client):
+    """Two PDFs indexed, two Local streams and two speeches at the same time: nothing mixed up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def store(word: str) -> dict:
+        r = client.post("/pdfVectorStore", json={"url": pdf_uri([f"All about {word}. " * 40])})
+        assert r.status_code == 200, r.text
+        return r.json()["output"]
+
+    def stream(n: int) -> list[dict]:
+        with client.stream("POST", "/streamChat", json=_chat("Local", None, f"count {n}", max_tokens=6 + n)) as r:
+            assert r.status_code == 200
+            return _lines(r)
+
+    def speak(text: str) -> dict:
+        r = client.post("/getTextToSpeech", json={"app_id": "ap-text-to-speech", "prompt": text})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(6) as pool:
+        docs = list(pool.map(store, ["herons", "walruses"]))
+        streams = list(pool.map(stream, [0, 4]))
+        speeches = list(pool.map(speak, ["A short sentence here.", "A much longer sentence, said slowly. " * 4]))
+    assert docs[0]["id"] != docs[1]["id"]
+    for doc, word in zip(docs, ["herons", "walruses"]):
+        r = client.post("/chat", json=_chat("Local", None, "what?", max_tokens=2, enable_tool=True,
+                                            tools={"tool_name": "QdrantDB", "tool_type": "DBSearch",
+                                                   "pdf_references": [doc["id"]]}))
+        assert {s["document_id"] for s in r.json()["meta"]["sources"]} == {doc["id"]}
+        assert word in r.json()["meta"]["sources"][0]["text"]
+    assert [s[-1]["completionTokens"] for s in streams] == [6, 10]
+    assert speeches[0]["output"] != speeches[1]["output"]
+    assert speeches[0]["meta"]["duration_seconds"] < speeches[1]["meta"]["duration_seconds"]
