@@ -117,7 +117,10 @@ def test_store_get_search(tmp_path, family, pdf):
     stored, described = asyncio.run(go())
     assert re.fullmatch(r"[0-9a-f]{32}", stored["id"])
     assert stored["pages"] == 3 and stored["chunks"] > 3 and stored["characters"] > 500
-    assert described == {"id": stored["id"], "chunks": stored["chunks"], "pages": 3}
+    assert described is not None and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", described.pop("created"))
+    assert described == {"id": stored["id"], "chunks": stored["chunks"], "pages": 3, "name": "document.pdf",
+                         "size": len(pdf)}
+    assert (stored["name"], stored["size"]) == ("document.pdf", len(pdf))
     assert total_points(store) == stored["chunks"]
     # embedded in slices: never more than SLICE texts per call to the deployment
     assert handle.embed.sizes == [SLICE] * (stored["chunks"] // SLICE) + ([stored["chunks"] % SLICE]
