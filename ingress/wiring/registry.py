@@ -364,8 +364,17 @@ class ChatConfig(_Strict):
         return self
 
 
+class TenantDocumentLimits(_Strict):
+    """One tenant's own document caps and retention (unset: the defaults of ``documents.limits``)."""
+
+    max_documents_per_tenant: int | None = Field(None, ge=1, le=10_000_000)
+    max_chunks_per_tenant: int | None = Field(None, ge=1, le=1_000_000_000)
+    retention_days: float | None = Field(None, gt=0, le=36_500)
+
+
 class DocumentLimits(_Strict):
-    """``pdfVectorStore``'s bounds (each a 422 naming it when passed)."""
+    """``pdfVectorStore``'s bounds (each a 422 naming it when passed), the per-tenant caps and the
+    retention of stored documents (see ``deployments.documents.service``)."""
 
     max_bytes: int = Field(50 * 1024 * 1024, ge=1024, le=1024**3, description="Largest PDF fetched.")
     max_pages: int = Field(500, ge=1, le=100_000)
@@ -377,11 +386,25 @@ class DocumentLimits(_Strict):
     max_chunks: int = Field(5000, ge=1, le=1_000_000)
     max_query_chars: int = Field(2000, ge=1, le=100_000)
     max_results: int = Field(20, ge=1, le=100)
+    max_documents_per_tenant: int = Field(1000, ge=1, le=10_000_000, description="Documents one tenant may hold; "
+                                          "a store past it is a 422 before its PDF is parsed.")
+    max_chunks_per_tenant: int = Field(200_000, ge=1, le=1_000_000_000, description="Text chunks (vectors) one tenant "
+                                       "may hold; a store past it is a 422 after chunking, before embedding.")
+    retention_days: float = Field(30, gt=0, le=36_500, description="Documents older than this are hidden at once "
+                                  "and their vectors deleted by the documents replica's sweep.")
+    sweep_seconds: float = Field(3600, ge=1, le=86_400, description="How often the documents replica deletes "
+                                 "expired documents.")
+    pending_seconds: float = Field(3600, ge=60, le=7 * 86_400, description="A store's reservation left unfinished "
+                                   "this long (its replica died) is reclaimed by the sweep.")
+    tenants: dict[str, TenantDocumentLimits] = Field(
+        default_factory=dict, description="Per-tenant overrides of the caps and the retention, by tenant name.")
 
     @model_validator(mode="after")
     def _overlap(self) -> DocumentLimits:
         if self.chunk_overlap > self.chunk_chars // 2:
             raise ValueError("chunk_overlap must be at most half of chunk_chars")
+        if any(not name or len(name) > 256 for name in self.tenants):
+            raise ValueError("tenants: a tenant name has 1..256 characters")
         return self
 
 
