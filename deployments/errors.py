@@ -70,7 +70,9 @@ class ModelError(JobError):
 
 
 class TaskStopped(JobError):
-    """An async task stopped early: cancelled (``revoked``) or its lease was lost (``lost``)."""
+    """A job stopped early at a step: an async task cancelled (``revoked``) or whose lease was lost
+    (``lost``), or a job whose caller went away (``abandoned``: the client disconnected or the
+    sync call timed out, and Serve cancelled the request)."""
 
     def __init__(self, reason: str):
         super().__init__(reason)

@@ -19,11 +19,23 @@ implements three hooks:
 Errors: a job this model cannot do raises ``InvalidJobError``; a failure of the
 model on a valid job becomes a ``ModelError`` logged under an incident id. Both
 carry their envelope type; the ingress maps them once (``ingress.contract.errors``).
+
+Abandoned work stops: ``produce`` runs in a thread that no cancellation can leave
+behind (:func:`run_to_end`). When Serve cancels ``run`` (the client disconnected,
+or the ingress gave up at its sync timeout and called ``response.cancel()``), the
+job's :class:`StopSignal` is set, the thread raises ``TaskStopped("abandoned")`` at
+its next step (every ``on_step`` call: a denoising step, an upscaler tile, a
+sentence), and ``run`` returns — re-raising the cancellation — only once the
+thread has ended. Serve counts a request in ``max_ongoing_requests`` (and in the
+autoscaler's ongoing requests) until the replica method returns, so the slot stays
+busy exactly as long as the model is; the job lock is held as long, so the next job
+starts when the model is free. ``run_task`` does the same when its call is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import secrets
@@ -34,7 +46,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from deployments.errors import InvalidJobError, JobError, ModelError, TaskStopped, VendorError, new_incident
+from deployments.errors import (
+    InvalidJobError,
+    JobError,
+    ModelError,
+    TaskStopped,
+    VendorError,
+    new_incident,
+)
 from deployments.metrics import STUDIO_METRICS
 from deployments.types import Job, Output, Result, TaskRef, job_from_payload, payload_images
 
@@ -46,6 +65,8 @@ logger = logging.getLogger("deployments.families")
 
 OnStep = Callable[[int, int], None]
 J = TypeVar("J", bound=Job)
+T = TypeVar("T")
+ABANDONED = "abandoned"  # TaskStopped's reason when the job's caller went away
 STALL_SECONDS = 300.0  # a job without a finished step for this long fails the health check
 HELPER_SECONDS = 120.0  # how long a call to another family's deployment may take
 
@@ -81,6 +102,41 @@ def replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:
         return "local-" + secrets.token_hex(4)
+
+
+class StopSignal(threading.Event):
+    """Set by the event loop when a job's caller went away (its request was cancelled); the
+    job's thread checks it at every step and stops there. ``steps`` counts the steps it finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+
+async def run_to_end(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
+    """``fn(*args)`` in a worker thread, awaited so that cancelling the caller never leaves the
+    thread running on its own: on cancellation ``stop`` is set (model code stops at its next
+    step), the wait goes on, shielded, until the thread has returned, and only then does the
+    cancellation propagate.
+
+    Why: Serve cancels a request by cancelling the task that runs the replica method (client
+    disconnect, or the caller's ``response.cancel()``), and counts it against
+    ``max_ongoing_requests`` until that method returns (``_start_request`` in
+    ``ray/serve/_private/replica.py``). ``asyncio.to_thread`` alone returns at once on
+    cancellation while its thread keeps the CPU/GPU busy, so the slot would look free.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        if stop is not None:
+            stop.set()
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # cancelled again, or the thread's own end
+                await asyncio.shield(work)
+        if not work.cancelled():
+            work.exception()  # retrieved: its outcome (often the stop itself) is not the caller's
+        raise
 
 
 class StepClock:
@@ -212,16 +268,24 @@ class FamilyBase(ABC, Generic[J]):
         except Exception as exc:
             raise model_error(exc, job) from exc
 
-    def _produce(self, job: J, on_step: OnStep | None = None, prepared: Any = None) -> Any:
+    def _produce(self, job: J, on_step: OnStep | None = None, prepared: Any = None,
+                 stop: StopSignal | None = None) -> Any:
         """``produce`` under the model lock, with the step clock running; any failure
-        other than the job's own errors becomes a logged ``ModelError``."""
+        other than the job's own errors becomes a logged ``ModelError``. Once ``stop`` is set,
+        the next step raises ``TaskStopped("abandoned")``."""
 
         def step(done: int, total: int) -> None:
             self.clock.step()
+            if stop is not None:
+                stop.steps += 1
+                if stop.is_set():
+                    raise TaskStopped(ABANDONED)
             if on_step is not None:
                 on_step(done, total)
 
         with self._model_lock:
+            if stop is not None and stop.is_set():  # gone before the model started
+                raise TaskStopped(ABANDONED)
             self.clock.begin()
             try:
                 return self.produce(job, step, prepared)
@@ -250,13 +314,23 @@ class FamilyBase(ABC, Generic[J]):
     async def run(self, job: J) -> Result:
         """Run ``job`` now, store its outputs under the tenant, return where they are."""
         start = time.perf_counter()
-        async with self._lock:
-            gen_start = time.perf_counter()
-            prepared = await self._prepare(job)
-            produced = await asyncio.to_thread(self._produce, job, None, prepared)
+        stop = StopSignal()
+        try:
+            async with self._lock:
+                gen_start = time.perf_counter()
+                prepared = await self._prepare(job)
+                produced = await run_to_end(self._produce, job, None, prepared, stop, stop=stop)
+        except asyncio.CancelledError:
+            # Serve cancelled the call (client gone, or the caller's timeout): the thread has ended.
+            logger.info("job abandoned request_id=%s task=%s stopped=%s steps_done=%d seconds=%.3f",
+                        job.request_id, job.task, stop.is_set(), stop.steps, time.perf_counter() - start,
+                        extra={"request_id": job.request_id, "tenant": job.tenant, "task": job.task,
+                               "outcome": "abandoned", "steps_done": stop.steps,
+                               "seconds": round(time.perf_counter() - start, 4)})
+            raise
         produced = await self._finish(job, produced, prepared)
         gen_seconds = time.perf_counter() - gen_start
-        outputs, meta = await asyncio.to_thread(self._store, job, produced)
+        outputs, meta = await run_to_end(self._store, job, produced)
         run_seconds = time.perf_counter() - start
         STUDIO_METRICS.run(self.family, self.gpu, job.task, gen_seconds)
         logger.info(
@@ -279,7 +353,9 @@ class FamilyBase(ABC, Generic[J]):
         (another attempt owns the task now), or ``"retry"`` (the object store
         failed under us for a reason that may pass: the task is handed back, after
         a backoff, for another attempt). Anything else that fails — the job, or the
-        worker's own code — ends the task as FAILURE with its reason, without a retry.
+        worker's own code — ends the task as FAILURE with its reason, without a retry. A cancelled call
+        (the coordinator went away) stops the job at its next step and returns only once its
+        thread has ended.
         """
         from deployments.tasks import TaskLease
         from storage.base import is_transient
@@ -304,7 +380,7 @@ class FamilyBase(ABC, Generic[J]):
             outcome = await self._run_claimed(ref, lease)
             return outcome
         except asyncio.CancelledError:
-            lease.stop_reason = lease.stop_reason or "lost"  # the thread stops at its next step
+            lease.stop_reason = lease.stop_reason or "lost"  # the call went away; the thread has already ended
             raise
         except Exception as exc:
             incident = new_incident()
@@ -338,11 +414,12 @@ class FamilyBase(ABC, Generic[J]):
             logger.error("task %s: its payload is missing (incident %s)", ref.task_id, incident)
             await asyncio.to_thread(lease.fail, "InternalError", f"the task's input is gone (incident {incident})")
             return "FAILURE"
+        stop = StopSignal()  # set if this call is cancelled; the lease's own stops come through on_step
         try:
             async with self._lock:
                 lease.check()
                 prepared = await self._prepare(job)
-                produced = await asyncio.to_thread(self._produce, job, lease.on_step, prepared)
+                produced = await run_to_end(self._produce, job, lease.on_step, prepared, stop, stop=stop)
             lease.check()
             produced = await self._finish(job, produced, prepared)
             lease.check()

@@ -41,7 +41,7 @@ from ray import serve
 
 from deployments.catalog import MAX_SEED, TASKS, lora_stack_id
 from deployments.errors import InvalidJobError, JobError
-from deployments.families.base import STALL_SECONDS, FamilyBase, OnStep, Packaged, model_error
+from deployments.families.base import STALL_SECONDS, FamilyBase, OnStep, Packaged, model_error, run_to_end
 from deployments.job_rules import check_clip_skip, check_strength
 from deployments.schedulers import build_scheduler
 from deployments.types import ImageJob
@@ -228,6 +228,10 @@ class DiffusionModel:
         }
 
         def _callback(p, step: int, timestep, callback_kwargs: dict) -> dict:
+            # ``on_step`` raises ``TaskStopped`` to stop the job here (its caller went away, or its
+            # task was cancelled): the exception leaves the denoising loop at once and skips the VAE
+            # decode, which setting ``p._interrupt`` would still run. ``_options`` and the next
+            # job's fresh scheduler leave the pipelines as before.
             if on_step is not None:
                 on_step(step + 1, int(p.num_timesteps))
             return {}
@@ -402,8 +406,8 @@ class DiffusionFamily(FamilyBase[ImageJob]):
 
         logger.info("loading LoRA stack %s", stack_id, extra={"lora_stack": stack_id})
         self._stack_loads += 1
-        return await asyncio.to_thread(load_stack, self.model.pipelines.text2img, self.model.options.loras,
-                                       stack_id.split(","), self._model_lock)
+        return await run_to_end(load_stack, self.model.pipelines.text2img, self.model.options.loras,
+                                stack_id.split(","), self._model_lock)  # a cancelled load still ends first
 
     def describe(self, prepared: Any) -> dict[str, str]:
         return {"lora_stack": "loaded" if prepared.fresh else "warm"} if prepared is not None else {}

@@ -143,7 +143,9 @@ class Upscaler:
 
     def upscale(self, image: Image.Image, scale: int, on_step: OnStep | None = None) -> Image.Image:
         """``image`` enlarged ``scale`` times (exactly); ``on_step(done, total)`` after every tile
-        of every pass. Transparency is kept (alpha resized with Lanczos)."""
+        of every pass — an exception it raises stops the upscale between tiles (the family base
+        raises ``TaskStopped`` once the job's caller went away). Transparency is kept (alpha
+        resized with Lanczos)."""
         import torch
 
         steps = self.plan(scale)

@@ -9,7 +9,9 @@ crops the result: the output is exactly 4x the input, whatever its size.
 
 Noise comes from a CPU ``torch.Generator`` seeded with the job's seed: the same seed gives
 the same output on any device. Progress: diffusers 0.42's upscale pipeline has no
-``callback_on_step_end``, so its per-step ``callback`` reports each finished step.
+``callback_on_step_end``, so its per-step ``callback`` reports each finished step; an exception
+``on_step`` raises there (the family base's ``TaskStopped`` once the job's caller went away)
+leaves the denoising loop at once, before the VAE decode.
 """
 
 from __future__ import annotations

@@ -355,3 +355,23 @@ def test_health_fails_when_a_generation_stops_making_progress(family_factory, me
             asyncio.run(family.check_health())
     finally:
         family.clock.busy_since = None
+
+
+def test_an_abandoned_generation_stops_at_its_next_step_without_decoding(family_factory, memory_store, monkeypatch):
+    """Serve cancels ``run`` mid-generation (client gone): diffusers leaves its denoising loop at the
+    step under way (the callback raises), the VAE never decodes, nothing is stored, the call ends only
+    once the thread has, and the same pipelines then serve the next job in full."""
+    from tests.deployments.families.stopping import HeldStep, cancel_mid_job
+
+    family = family_factory(memory_store)
+    vae = family.model.pipelines.text2img.vae
+    decodes = []
+    real_decode = vae.decode
+    monkeypatch.setattr(vae, "decode", lambda *a, **kw: decodes.append(1) or real_decode(*a, **kw))
+    held = HeldStep(family, monkeypatch, hold_at=2)
+    cancelled = asyncio.run(cancel_mid_job(family, family.run(job(num_inference_steps=20, request_id="gone")), held))
+    assert not cancelled.returned_while_held and not cancelled.lock_free_while_held
+    assert not cancelled.busy_when_returned
+    assert cancelled.steps == 2 and decodes == [] and memory_store.objects == {}
+    result = asyncio.run(family.run(job(num_inference_steps=3, seed=5, request_id="next")))
+    assert held.steps - 2 >= 3 and decodes == [1] and result.meta["seeds"] == [5]  # (PNDM adds a warm-up step)

@@ -135,3 +135,27 @@ def test_sd_upscaler_facts(sd_x4):
     assert facts["kind"] == "sd_upscaler"
     assert (facts["tasks"], facts["scales"], facts["native_scale"]) == (["sd_upscale"], [4], 4)
     assert (facts["noise_level"], facts["max_noise_level"], facts["device"]) == (20, 350, "cpu")
+
+
+def test_abandoned_upscales_stop_between_tiles_and_steps(esrgan, sd_x4, monkeypatch):
+    """Serve cancels ``run`` mid-upscale: the ESRGAN stops after the tile under way, the SD x4
+    upscaler after the denoising step under way; each call ends only once its thread has, nothing
+    is stored, and the next job runs in full."""
+    from tests.deployments.families.stopping import HeldStep, cancel_mid_job
+
+    tiles = esrgan.upscaler.count_tiles(37, 23, 4)
+    assert tiles >= 4  # 16-pixel tiles: several, so stopping after the second one shows
+    for family, abandoned, following, total in (
+        (esrgan, job(request_id="gone"), job(request_id="next"), tiles),
+        (sd_x4, job(task="sd_upscale", request_id="gone", num_inference_steps=10, seed=1),
+         job(task="sd_upscale", request_id="next", num_inference_steps=2, seed=1), 2),
+    ):
+        family.store.objects.clear()
+        held = HeldStep(family, monkeypatch, hold_at=2)
+        cancelled = asyncio.run(cancel_mid_job(family, family.run(abandoned), held))
+        assert not cancelled.returned_while_held and not cancelled.lock_free_while_held, family.kind
+        assert not cancelled.busy_when_returned and cancelled.steps == 2, family.kind
+        assert family.store.objects == {}, family.kind
+        asyncio.run(family.run(following))
+        assert held.steps == 2 + total, family.kind
+        monkeypatch.undo()
