@@ -79,6 +79,30 @@ class TaskStopped(JobError):
         self.reason = reason
 
 
+class HelperUnavailable(JobError):
+    """Another family deployment this job needs (e.g. the background remover for Replace
+    Background and Face Avatar) is busy or not available right now: Serve refused the call
+    (``BackPressureError``, ``DeploymentUnavailableError``), its replica died or could not be
+    reached, or it did not answer in time. Nothing is wrong with the job: a sync call answers
+    503 ``Overloaded`` with ``Retry-After`` (the ingress maps it once), an async task is handed
+    back for a later attempt. ``retry_after`` is Serve's hint in seconds, when it gave one."""
+
+    error_type = "Overloaded"
+
+    def __init__(self, kind: str, reason: str = "busy", retry_after: float | None = None):
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+        self.retry_after = retry_after
+
+    def __reduce__(self):
+        return type(self), (self.kind, self.reason, self.retry_after)
+
+    @property
+    def public(self) -> str:
+        return f"the {self.kind} model this app needs is busy or unavailable; retry later"
+
+
 class DocumentNotFound(InvalidJobError):
     """A document id the tenant does not have (another tenant's id is unknown too)."""
 

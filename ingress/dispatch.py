@@ -12,7 +12,7 @@ import math
 from typing import Any, Protocol
 
 from deployments.catalog import deployment_name, lora_stack_id
-from deployments.errors import JobError, VendorError, new_incident
+from deployments.errors import HelperUnavailable, JobError, VendorError, new_incident
 from deployments.types import Job, Result
 from ingress.contract.errors import (
     ModelFailure,
@@ -57,10 +57,14 @@ def vendor_error(exc: VendorError) -> StudioError:
     return UpstreamError(exc.public)
 
 
-def _job_error(exc: BaseException | None) -> Exception | None:
-    """Map an error raised by the family code to a contract error, by its envelope type."""
+def _job_error(exc: BaseException | None, retry_after: int) -> Exception | None:
+    """Map an error raised by the family code to a contract error, by its envelope type.
+    ``retry_after`` is the service's ``Retry-After`` for a 503 that carries no hint of its own."""
     if isinstance(exc, VendorError):
         return vendor_error(exc)
+    if isinstance(exc, HelperUnavailable):  # a family this one called was busy or gone: nothing ran to the end
+        hint = max(1, math.ceil(exc.retry_after)) if exc.retry_after else retry_after
+        return Overloaded(exc.public, hint)
     if isinstance(exc, JobError) and exc.error_type == "NotFound":
         return NotFound(exc.public)
     if isinstance(exc, JobError) and exc.error_type in _INVALID:
@@ -137,7 +141,7 @@ def map_call_error(exc: BaseException, name: str, retry_after: int) -> Exception
     kind = classify_ray_error(exc)
     if kind == "overloaded":
         return Overloaded(f"{name} is at capacity or not available; retry later", retry_after)
-    mapped = _job_error(job_cause(exc)) if kind == "job" else None
+    mapped = _job_error(job_cause(exc), retry_after) if kind == "job" else None
     if mapped is not None:
         return mapped
     if kind in ("dead", "unknown"):
@@ -161,8 +165,9 @@ async def service_call(response: Any, name: str, timeout: float, retry_after: in
 class InProcessDispatcher:
     """Calls family objects directly (no Serve): the baseline of the overhead benchmark."""
 
-    def __init__(self, families: dict[str, Any]):
+    def __init__(self, families: dict[str, Any], retry_after: int = 2):
         self._families = families
+        self._retry_after = retry_after
 
     async def run(self, family: str, gpu: str, job: Job, timeout: float) -> Result:
         try:
@@ -170,7 +175,7 @@ class InProcessDispatcher:
         except TimeoutError:
             raise Timeout(f"did not finish within {timeout:g} s") from None
         except JobError as exc:
-            mapped = _job_error(exc)
+            mapped = _job_error(exc, self._retry_after)
             if mapped is None:
                 raise
             raise mapped from None

@@ -17,8 +17,10 @@ implements three hooks:
 * ``facts()`` / ``loaded()`` — what ``info()`` and the health check add.
 
 Errors: a job this model cannot do raises ``InvalidJobError``; a failure of the
-model on a valid job becomes a ``ModelError`` logged under an incident id. Both
-carry their envelope type; the ingress maps them once (``ingress.contract.errors``).
+model on a valid job becomes a ``ModelError`` logged under an incident id; another
+family this one calls (``call_helper``) being busy or gone is ``HelperUnavailable``
+(a 503 for a sync call, a later attempt for a task). All carry their envelope type;
+the ingress maps them once (``ingress.dispatch``).
 
 Abandoned work stops: ``produce`` runs in a thread that no cancellation can leave
 behind (:func:`run_to_end`). When Serve cancels ``run`` (the client disconnected,
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from deployments.errors import (
+    HelperUnavailable,
     InvalidJobError,
     JobError,
     ModelError,
@@ -137,6 +140,24 @@ async def run_to_end(fn: Callable[..., T], *args: Any, stop: threading.Event | N
         if not work.cancelled():
             work.exception()  # retrieved: its outcome (often the stop itself) is not the caller's
         raise
+
+
+def helper_unavailable(exc: BaseException) -> str | None:
+    """Why a call to another family deployment failed for a reason that may pass — Serve refused
+    it (queue full, deployment unavailable) or the replica died or cannot be reached — else None."""
+    from ray import exceptions as ray_errors
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+    gone = (ray_errors.RayActorError, ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
+            ray_errors.OutOfMemoryError, ray_errors.LocalRayletDiedError, ReplicaUnavailableError)
+    for error in (exc, getattr(exc, "cause", None)):  # as raised, or wrapped in Ray's RayTaskError
+        if isinstance(error, BackPressureError):
+            return "busy"
+        if isinstance(error, DeploymentUnavailableError):
+            return "unavailable"
+        if isinstance(error, gone):
+            return "its replica stopped or cannot be reached"
+    return None
 
 
 class StepClock:
@@ -232,20 +253,29 @@ class FamilyBase(ABC, Generic[J]):
     async def call_helper(self, kind: str, method: str, *args: Any, timeout: float = HELPER_SECONDS) -> Any:
         """Call ``method`` on the ``kind`` family deployment this one was bound with (e.g. the
         background-removal family's ``mask``). Its job errors (a 422) come back as they were raised;
+        a helper that is busy, unavailable, dead or does not answer within ``timeout`` is
+        ``HelperUnavailable`` (a 503 with ``Retry-After``; an async task tries again later);
         anything else fails this job as a model error."""
         handle = self.helpers.get(kind)
         if handle is None:
             raise RuntimeError(f"no {kind} family is wired to this deployment")
-        response = getattr(handle, method).remote(*args)
+        response = None
         try:
+            response = getattr(handle, method).remote(*args)
             return await asyncio.wait_for(response, timeout)
         except TimeoutError:
-            response.cancel()
-            raise RuntimeError(f"the {kind} family did not answer within {timeout:g} s") from None
+            if response is not None:
+                response.cancel()
+            raise HelperUnavailable(kind, f"no answer within {timeout:g} s") from None
         except Exception as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, JobError):
                 raise cause from None
+            reason = helper_unavailable(exc)
+            if reason is not None:
+                logger.warning("the %s family could not take a call: %s (%s)", kind, reason, type(exc).__name__,
+                               extra={"helper": kind, "reason": reason})
+                raise HelperUnavailable(kind, reason, getattr(exc, "retry_after_s", None)) from exc
             raise
 
     # -- running a job ----------------------------------------------------
@@ -352,8 +382,9 @@ class FamilyBase(ABC, Generic[J]):
         worker wrote, ``"skipped"`` (not ours to run), ``"superseded"``/``"lost"``
         (another attempt owns the task now), or ``"retry"`` (the object store
         failed under us for a reason that may pass: the task is handed back, after
-        a backoff, for another attempt). Anything else that fails — the job, or the
-        worker's own code — ends the task as FAILURE with its reason, without a retry. A cancelled call
+        a backoff, for another attempt; so is a task whose helper family was busy,
+        ``HelperUnavailable``). Anything else that fails — the job, or the worker's own
+        code — ends the task as FAILURE with its reason, without a retry. A cancelled call
         (the coordinator went away) stops the job at its next step and returns only once its
         thread has ended.
         """
@@ -426,6 +457,10 @@ class FamilyBase(ABC, Generic[J]):
         except TaskStopped:
             await asyncio.to_thread(lease.revoked)
             return lease.stop_reason or "stopped"
+        except HelperUnavailable as exc:  # another family was busy: nothing wrong with the task
+            logger.warning("task %s attempt %d: %s; handing it back", ref.task_id, ref.attempt, exc.public)
+            await asyncio.to_thread(lease.give_up, f"attempt {ref.attempt}: {exc.public}")
+            return "retry"
         except (InvalidJobError, ModelError, VendorError) as exc:
             await asyncio.to_thread(lease.fail, exc.error_type, exc.public)
             return "FAILURE"

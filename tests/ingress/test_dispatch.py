@@ -90,3 +90,48 @@ def test_another_tenants_document_is_a_404():
     with pytest.raises(NotFound) as info:
         asyncio.run(service_call(_Response(DocumentNotFound("pdf_references[0]")), "chat", 5, 3))
     assert info.value.message == "pdf_references[0]: no such document"
+
+
+@pytest.mark.parametrize("wrap", [lambda e: e, lambda e: ray_errors.RayTaskError("run", "tb", e).as_instanceof_cause()])
+@pytest.mark.parametrize(("hint", "header"), [(None, "3"), (7.5, "8")])
+def test_a_busy_helper_family_is_a_503_with_retry_after(wrap, hint, header):
+    """Replace Background / Face Avatar whose background remover was busy or gone: Overloaded, not a 500."""
+    from deployments.errors import HelperUnavailable
+    from ingress.dispatch import InProcessDispatcher
+
+    with pytest.raises(Overloaded) as exc:
+        _run(wrap(HelperUnavailable("matting", "busy", hint)))
+    assert (exc.value.error_type, exc.value.status_code) == ("Overloaded", 503)
+    assert exc.value.headers == {"Retry-After": header} and "retry later" in exc.value.message
+
+    class _Family:
+        async def run(self, job):
+            raise HelperUnavailable("matting", "busy", hint)
+
+    with pytest.raises(Overloaded) as exc:  # the in-process baseline maps it the same way
+        asyncio.run(InProcessDispatcher({"sdxl-a100": _Family()}, retry_after=3).run(
+            "sdxl", "a100", ImageJob(task="avatar", tenant="t", request_id="r"), timeout=5))
+    assert exc.value.headers == {"Retry-After": header}
+
+
+def test_a_sync_timeout_cancels_the_family_call():
+    """The ingress gives up at its sync timeout and cancels the call, so Serve cancels the replica's
+    ``run`` (which stops its job at the next step: tests/deployments/families/test_base.py)."""
+    from ingress.contract.errors import Timeout
+
+    class _Pending:
+        cancelled = False
+
+        def __await__(self):
+            yield from asyncio.sleep(60).__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    response = _Pending()
+    handle = type("H", (), {"remote": lambda self, job: response})()
+    handle.run = handle
+    dispatcher = ServeDispatcher({"sd15-a10g": handle}, retry_after=3)
+    with pytest.raises(Timeout):
+        asyncio.run(dispatcher.run("sd15", "a10g", ImageJob(task="text2img", tenant="t", request_id="r"), timeout=0.05))
+    assert response.cancelled

@@ -177,3 +177,102 @@ def test_hardening_makes_a_nearly_solid_interior_solid():
     out = list(harden(levels).getdata())
     assert out[SOLID:] == [255] * (256 - SOLID) and out[:CLEAR + 1] == [0] * (CLEAR + 1)
     assert out == sorted(out) and 100 < out[128] < 155
+
+
+# -- a busy or dead background remover ------------------------------------------------
+
+
+def _serve_refusals():
+    """What Serve raises to a caller whose helper cannot take the call, as it raises them: a full
+    queue, a deployment that failed to deploy, a replica that died (also wrapped in Ray's RayTaskError)."""
+    from ray import exceptions as ray_errors
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    from tests.support.handles import backpressure
+
+    died = ray_errors.ActorDiedError()
+    return [("busy", backpressure()), ("unavailable", DeploymentUnavailableError(DeploymentID("rembg", "studio"))),
+            ("its replica stopped or cannot be reached", died),
+            ("its replica stopped or cannot be reached", ray_errors.RayTaskError("mask", "tb", died))]
+
+
+def _busy_handle(error):
+    from tests.support.handles import Handle, Refused
+
+    responses = []
+
+    def mask(image):
+        responses.append(Refused(error))
+        return responses[-1]
+
+    return Handle(mask=mask), responses
+
+
+@pytest.mark.parametrize(("reason", "error"), _serve_refusals(), ids=["backpressure", "unavailable", "died", "wrapped"])
+def test_a_busy_or_dead_helper_is_helper_unavailable_not_a_model_error(tiny_models, reason, error):
+    from deployments.errors import HelperUnavailable
+
+    handle, _ = _busy_handle(error)
+    family = DiffusionFamily(str(tiny_models["tiny-sdxl"]), store=MemoryStore(), family="sdxl", gpu="a100",
+                             tasks=["replace_background"], helpers={"matting": handle})
+    image, _ = draw_subject((128, 128), (20, 20, 100, 100))
+    with pytest.raises(HelperUnavailable) as info:
+        asyncio.run(family.run(_job(image)))
+    assert info.value.reason == reason and info.value.error_type == "Overloaded"
+    assert info.value.kind == "matting" and "retry later" in info.value.public
+    assert family.store.objects == {}
+
+
+def test_a_helper_that_does_not_answer_in_time_is_unavailable_and_its_call_cancelled(tiny_models):
+    from deployments.errors import HelperUnavailable
+    from tests.support.handles import Handle
+
+    calls = []
+
+    def mask(image):
+        calls.append(asyncio.ensure_future(asyncio.sleep(60)))
+        return calls[-1]
+
+    family = DiffusionFamily(str(tiny_models["tiny-sdxl"]), store=MemoryStore(), family="sdxl", gpu="a100",
+                             tasks=["replace_background"], helpers={"matting": Handle(mask=mask)})
+    image, _ = draw_subject((64, 64), (10, 10, 50, 50))
+
+    async def call():
+        with pytest.raises(HelperUnavailable, match="no answer within 0.05 s"):
+            await family.call_helper("matting", "mask", image, timeout=0.05)
+        return calls[0].cancelled()
+
+    assert asyncio.run(call())
+
+
+def test_avatar_with_a_busy_background_remover_is_helper_unavailable(avatar_family, monkeypatch):
+    from deployments.errors import HelperUnavailable
+    from tests.support.handles import backpressure
+
+    handle, responses = _busy_handle(backpressure())
+    monkeypatch.setitem(avatar_family.helpers, "matting", handle)
+    before = set(avatar_family.store.objects)
+    with pytest.raises(HelperUnavailable):
+        asyncio.run(avatar_family.run(_avatar(remove_background=True, request_id="busy")))
+    assert len(responses) == 1 and set(avatar_family.store.objects) == before  # nothing stored
+
+
+def test_an_async_task_whose_helper_is_busy_is_handed_back_not_failed(tiny_models, tmp_path):
+    from deployments.types import TaskRef
+    from storage.factory import open_store
+    from storage.settings import StorageSettings
+    from tests.deployments.test_tasks import dispatched
+    from tests.support.handles import backpressure
+
+    handle, responses = _busy_handle(backpressure())
+    store = open_store(StorageSettings(backend="local", local_root=tmp_path, signing_secret="s"))
+    family = DiffusionFamily(str(tiny_models["tiny-sdxl"]), store=store, family="sdxl", gpu="a100",
+                             tasks=["replace_background"], helpers={"matting": handle})
+    image, _ = draw_subject((64, 64), (10, 10, 50, 50))
+    tid = dispatched(family.tasks, job=_job(image))
+    assert asyncio.run(family.run_task(TaskRef("t", tid, 1))) == "retry"
+    record = family.tasks.get("t", tid)
+    assert record.status == "PENDING" and record.lease_owner == "backoff" and record.error is None
+    assert "busy or unavailable" in record.history[-1].note and len(responses) == 1
+    assert not record.output_keys
