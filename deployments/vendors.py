@@ -4,7 +4,9 @@ that calls it (the chat service, the speech families), never from the request.
 ``STUDIO_<VENDOR>_API_KEY`` and ``STUDIO_<VENDOR>_BASE_URL`` (None: the SDK's default, the
 vendor's public endpoint), for VENDOR in OPENAI, ANTHROPIC, MISTRAL, GEMINI, TAVILY,
 ELEVENLABS; ``STUDIO_VENDOR_TIMEOUT_SECONDS`` bounds every call. Tests point the base URLs
-at local fakes of the vendors' wire formats (``tests/support/fakes``).
+at local fakes of the vendors' wire formats (``tests/support/fakes``). In a cluster the keys
+are files named after these variables in the deployment's ``$STUDIO_SECRETS_DIR``
+(:class:`storage.settings.FileSecretsSettings`), never environment variables.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from storage.settings import FileSecretsSettings
 
 Vendor = Literal["openai", "anthropic", "mistral", "gemini", "tavily", "elevenlabs"]
 VENDORS: tuple[str, ...] = ("openai", "anthropic", "mistral", "gemini", "tavily", "elevenlabs")
@@ -31,8 +35,8 @@ class Endpoint:
     timeout_seconds: float
 
 
-class VendorSettings(BaseSettings):
-    """The vendors' keys and base URLs (prefix ``STUDIO_``)."""
+class VendorSettings(FileSecretsSettings):
+    """The vendors' keys and base URLs (prefix ``STUDIO_``), and the Qdrant server's key."""
 
     model_config = SettingsConfigDict(env_prefix="STUDIO_", extra="ignore")
 
@@ -49,6 +53,7 @@ class VendorSettings(BaseSettings):
     elevenlabs_api_key: str | None = None
     elevenlabs_base_url: str | None = None
     vendor_timeout_seconds: float = Field(60, gt=0, le=600, description="Bound on one vendor call.")
+    qdrant_api_key: str | None = Field(None, description="The document store's Qdrant server key.")
 
     def endpoint(self, vendor: str) -> Endpoint:
         """``vendor``'s endpoint (one of ``VENDORS``)."""

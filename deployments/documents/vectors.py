@@ -6,7 +6,8 @@
   Only ONE process may open a path at a time (Qdrant holds a file lock; a second opener
   fails), so the deployment owning it runs as a single replica. ``path=":memory:"`` keeps
   everything in memory (tests); or
-* on a **server** (``url=...``; the API key comes from ``STUDIO_QDRANT_API_KEY`` when set).
+* on a **server** (``url=...``; the API key comes from ``STUDIO_QDRANT_API_KEY`` when set, or
+  from that file in ``$STUDIO_SECRETS_DIR``).
 
 Two collections:
 
@@ -38,7 +39,6 @@ Methods are blocking; call them off the event loop.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from deployments.chat.messages import Source
+from deployments.vendors import VendorSettings
 
 if TYPE_CHECKING:
     from deployments.documents.chunking import Chunk
@@ -144,7 +145,8 @@ class VectorIndex:
         if path is not None:
             self.client = QdrantClient(location=":memory:") if path == ":memory:" else QdrantClient(path=path)
         else:
-            key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+            # The environment, or the file of that name in $STUDIO_SECRETS_DIR (a cluster: the documents role).
+            key = api_key if api_key is not None else (VendorSettings().qdrant_api_key or None)
             self.client = QdrantClient(url=url, api_key=key, timeout=timeout)
         # Local mode keeps its state in plain Python structures: one caller at a time.
         # A server client is thread-safe; the lock then only guards collection creation.
