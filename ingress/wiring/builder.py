@@ -4,7 +4,8 @@ The builder validates ``args`` into :class:`ServiceConfig`, binds one family
 deployment per (family, GPU type) that an app uses, pinned to its GPU type by a
 custom resource, the one-replica task coordinator, and the ingress with their
 handles. Each deployment gets its share of the secrets (:mod:`ingress.wiring.secrets`)
-in its own ``runtime_env``.
+in its own ``runtime_env``: the values themselves on the embedded default, only the paths
+of its role's secret files in a cluster (``args.secrets_dir``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from deployments.documents.service import DocumentStore
 from ingress.tasks.coordinator import TaskCoordinator
 from ingress.wiring.deployment import StudioIngress
 from ingress.wiring.registry import ServiceConfig
-from ingress.wiring.secrets import Secrets
+from ingress.wiring.secrets import SECRETS_DIR_ARG, SecretRouting, Secrets, routing
 
 
 def family_class(kind: str) -> type:
@@ -35,7 +36,16 @@ def _with_env(actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, A
     return {**actor_options, "runtime_env": {"env_vars": env}} if env else actor_options
 
 
-def family_deployments(config: ServiceConfig, secrets: Secrets | None = None) -> dict[str, Application]:
+def registry_args(args: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``args`` without the builder's own ``secrets_dir``, and that directory (None: embedded default)."""
+    rest = dict(args)
+    secrets_dir = rest.pop(SECRETS_DIR_ARG, None)
+    if secrets_dir is not None and not isinstance(secrets_dir, str):
+        raise ValueError(f"{SECRETS_DIR_ARG}: must be a path, got {type(secrets_dir).__name__}")
+    return rest, secrets_dir
+
+
+def family_deployments(config: ServiceConfig, secrets: SecretRouting | None = None) -> dict[str, Application]:
     """One bound family deployment per (family, GPU type), keyed by deployment name. A family
     that calls others (``helpers``) is bound after them, with their handles."""
     secrets = secrets if secrets is not None else Secrets.read()
@@ -118,7 +128,7 @@ def _helper_args(config: ServiceConfig, family_name: str, gpu: str, bound: dict[
 
 
 def service_deployments(config: ServiceConfig, families: dict[str, Application],
-                        secrets: Secrets) -> dict[str, Application]:
+                        secrets: SecretRouting) -> dict[str, Application]:
     """The document store (with its embedder's handle) and the chat service (with the document
     store's and the Local provider's handles), each on the control pool, when configured."""
     out: dict[str, Application] = {}
@@ -143,22 +153,24 @@ def service_deployments(config: ServiceConfig, families: dict[str, Application],
 
 
 def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Application:
-    """Serve's application builder: ``args`` is the registry from serve_config.yaml;
-    ``secrets`` default to this process's environment (see :mod:`ingress.wiring.secrets`)."""
-    config = ServiceConfig.model_validate(args)
-    secrets = secrets if secrets is not None else Secrets.read()
-    families = family_deployments(config, secrets)
-    services = service_deployments(config, families, secrets)
+    """Serve's application builder: ``args`` is the registry from serve_config.yaml (plus, in a
+    cluster, ``secrets_dir``); ``secrets`` default to this process's environment, and must be
+    absent in a cluster (see :mod:`ingress.wiring.secrets`)."""
+    registry, secrets_dir = registry_args(args)
+    config = ServiceConfig.model_validate(registry)
+    shares = routing(secrets_dir, secrets)
+    families = family_deployments(config, shares)
+    services = service_deployments(config, families, shares)
     coordinator = serve.deployment(
         name="tasks",
         num_replicas=1,
         max_ongoing_requests=1000,
         health_check_period_s=2,
-        ray_actor_options=_with_env(config.control_pool.actor_options(), secrets.for_coordinator()),
+        ray_actor_options=_with_env(config.control_pool.actor_options(), shares.for_coordinator()),
     )(TaskCoordinator).bind(families, coordinator_view(config))
     ingress = serve.deployment(
         name="ingress",
-        ray_actor_options=_with_env(config.control_pool.actor_options(), secrets.for_ingress()),
+        ray_actor_options=_with_env(config.control_pool.actor_options(), shares.for_ingress()),
         **config.ingress.serve_options(),
     )(serve.ingress()(StudioIngress))
     return ingress.bind(config.model_dump(mode="json"), families, coordinator, services)

@@ -2,21 +2,29 @@
 
 | deployment        | gets                                                                  |
 |-------------------|-----------------------------------------------------------------------|
-| ingress           | SHA-256 digests of the API keys (never the keys), the names of the    |
-|                   | tenants that have a webhook secret, storage credentials               |
+| ingress           | the API keys (hashed before use; locally the builder hands only their |
+|                   | SHA-256 digests), storage credentials                                 |
 | tasks (coordinator)| the webhook signing secrets (or their file), storage credentials     |
 | family replicas   | S3 credentials; the ElevenLabs speech family also the ElevenLabs key  |
 | chat              | the LLM vendors' and Tavily's keys (``STUDIO_<VENDOR>_API_KEY``)      |
 | documents         | the Qdrant server's key (``STUDIO_QDRANT_API_KEY``)                   |
 | proxy, controller | nothing                                                               |
 
-The builder (:func:`ingress.wiring.builder.build_app`) reads the secrets once, from the
-environment of the process that builds the app (the launcher, or Serve's
-controller under ``serve deploy``/KubeRay) and from the files those variables
-name, and hands each deployment its share through
-``ray_actor_options.runtime_env.env_vars``. The launcher removes every secret
-variable from its own environment before it starts Ray, because Ray's worker
-processes inherit the environment of the process that started the node.
+Two ways, chosen by the builder (:func:`routing`):
+
+* **Embedded default** (:class:`Secrets`): the builder reads the secrets once, from the
+  environment of the launcher and the files those variables name, and hands each
+  deployment its share in ``ray_actor_options.runtime_env.env_vars``. The launcher removes
+  every secret variable from its own environment before it starts Ray, because Ray's worker
+  processes inherit the environment of the process that started the node.
+* **Cluster** (:class:`SecretFiles`, the registry's ``secrets_dir``): the builder runs in
+  Serve's controller on the head, which holds no secret. Kubernetes Secrets are mounted as
+  files on the worker pods, one directory per role (:data:`ROLE_FILES`); the builder hands
+  each deployment only *paths*: ``STUDIO_SECRETS_DIR=<secrets_dir>/<role>`` (and the
+  ``*_FILE`` path of its JSON table), so no secret value enters the Serve config (GCS and
+  its Redis). The settings classes read the files (:class:`storage.settings.FileSecretsSettings`).
+  Files in one pod are readable by every process of that pod (Ray's workers share a uid):
+  the split there is by what each deployment is told to read.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ import json
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from deployments.vendors import VENDOR_KEY_VARS
 from storage.keys import validate_tenant
+from storage.settings import SECRETS_DIR_VAR
 
 #: Storage credentials: what every replica that reads or writes objects needs.
 S3_CREDENTIALS = (
@@ -54,6 +64,29 @@ SPEECH_VENDOR_KEYS = tuple(v for v in VENDOR_KEY_VARS if "ELEVENLABS" in v)
 SECRET_VARS = (*S3_CREDENTIALS, SIGNING_SECRET, API_KEYS, API_KEYS_FILE, WEBHOOK_SECRETS, WEBHOOK_SECRETS_FILE,
                *VENDOR_KEY_VARS, QDRANT_API_KEY)
 
+#: The builder's own key of ``args`` (not the registry's): where a cluster mounts the role directories.
+SECRETS_DIR_ARG = "secrets_dir"
+
+#: Cluster mode: the files of each role's directory. A file named after a variable holds that
+#: variable's value (pydantic-settings' secrets source reads it); the two JSON tables are read
+#: through their ``*_FILE`` variables (the webhook secrets on every delivery, so a rotated
+#: Secret takes effect without a restart).
+API_KEYS_FILENAME, WEBHOOK_SECRETS_FILENAME = "api-keys.json", "webhook-secrets.json"
+S3_FILES = ("STUDIO_STORAGE_S3_ACCESS_KEY_ID", "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY")
+ROLE_FILES: dict[str, tuple[str, ...]] = {
+    "ingress": (API_KEYS_FILENAME, *S3_FILES),
+    "coordinator": (WEBHOOK_SECRETS_FILENAME, *S3_FILES),
+    "family": S3_FILES,
+    "speech-vendor": (*S3_FILES, *SPEECH_VENDOR_KEYS),
+    "chat": CHAT_VENDOR_KEYS,
+    "documents": (QDRANT_API_KEY,),
+}
+
+
+def family_role(kind: str) -> str:
+    """The secrets role of a family kind: a vendor-backed one (``tts_vendor``) also holds its vendor's key."""
+    return "speech-vendor" if kind == "tts_vendor" else "family"
+
 
 def key_digest(key: str) -> str:
     """The SHA-256 hex digest by which the ingress knows an API key."""
@@ -70,9 +103,19 @@ def _json_object(text: str, what: str) -> dict[str, str]:
     return value
 
 
+class SecretRouting(Protocol):
+    """What the builder puts in each deployment's ``runtime_env.env_vars`` about secrets."""
+
+    def for_ingress(self) -> dict[str, str]: ...
+    def for_coordinator(self) -> dict[str, str]: ...
+    def for_family(self, kind: str = "") -> dict[str, str]: ...
+    def for_chat(self) -> dict[str, str]: ...
+    def for_documents(self) -> dict[str, str]: ...
+
+
 @dataclass(frozen=True)
 class Secrets:
-    """The secrets one build of the app hands out, read and checked once."""
+    """Embedded default: the secrets one build of the app hands out, read and checked once."""
 
     env: dict[str, str] = field(default_factory=dict)  # the secret variables as found
 
@@ -157,3 +200,52 @@ class Secrets:
     def for_documents(self) -> dict[str, str]:
         """The document store: the Qdrant server's key."""
         return self._pick((QDRANT_API_KEY,))
+
+
+@dataclass(frozen=True)
+class SecretFiles:
+    """Cluster mode: each deployment is told where its role's secret files are, never a value."""
+
+    root: PurePosixPath
+
+    @classmethod
+    def at(cls, secrets_dir: str) -> SecretFiles:
+        path = PurePosixPath(secrets_dir)
+        if not path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"secrets_dir {secrets_dir!r}: must be an absolute path without '..'")
+        return cls(path)
+
+    def _role(self, role: str, **files: str) -> dict[str, str]:
+        directory = self.root / role
+        return {SECRETS_DIR_VAR: str(directory), **{var: str(directory / name) for var, name in files.items()}}
+
+    def for_ingress(self) -> dict[str, str]:
+        """The API keys file (the ingress hashes the keys itself) and the storage credentials."""
+        return self._role("ingress", **{API_KEYS_FILE: API_KEYS_FILENAME})
+
+    def for_coordinator(self) -> dict[str, str]:
+        return self._role("coordinator", **{WEBHOOK_SECRETS_FILE: WEBHOOK_SECRETS_FILENAME})
+
+    def for_family(self, kind: str = "") -> dict[str, str]:
+        return self._role(family_role(kind))
+
+    def for_chat(self) -> dict[str, str]:
+        return self._role("chat")
+
+    def for_documents(self) -> dict[str, str]:
+        return self._role("documents")
+
+
+def routing(secrets_dir: str | None, secrets: Secrets | None = None,
+            environ: Mapping[str, str] | None = None) -> SecretRouting:
+    """How this build hands out secrets: files under ``secrets_dir`` (a cluster), else ``secrets``
+    or the secrets of ``environ`` (default: this process's environment)."""
+    if secrets_dir is None:
+        return secrets if secrets is not None else Secrets.read(environ)
+    environ = os.environ if environ is None else environ
+    stray = sorted({*(name for name in SECRET_VARS if environ.get(name)), *(secrets.env if secrets else ())})
+    if stray:
+        raise ValueError(f"secrets_dir is set, yet the builder was given {', '.join(stray)}: in a cluster every "
+                         "secret is a file in its role's directory on the worker pods, never in the builder's "
+                         "environment (the head) or the Serve config")
+    return SecretFiles.at(secrets_dir)
