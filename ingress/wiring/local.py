@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,11 @@ EMULATED_GPUS: dict[str, float] = {"a10g": 16, "a100": 16, "h100": 16}
 STOP_SECONDS = 6.0
 #: How often Ray's processes export metrics to the node's metrics agent (Ray's default: 10 s).
 METRICS_REPORT_INTERVAL_MS = "2000"
+#: Serve's throughput mode (bench/overhead.py: half the added latency), a default the environment may
+#: override; and always without the "direct ingress" that mode turns on (each ingress replica serving the
+#: whole API on a port of its own, 30000-31000, beside the proxy). cluster/manifests.py sets the same.
+THROUGHPUT_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+NO_DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
 log = logging.getLogger("ingress.wiring.local")
 
 
@@ -100,6 +105,12 @@ def service_env(app: dict[str, Any], *, port: int, models_dir: Path, data_dir: P
     return env
 
 
+def serve_process_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The Serve settings to put in the environment that starts Ray (the proxy and the controller
+    read them when they start): throughput mode unless ``environ`` says otherwise, direct ingress off."""
+    return {**THROUGHPUT_MODE, **{k: environ[k] for k in THROUGHPUT_MODE if k in environ}, **NO_DIRECT_INGRESS}
+
+
 def up(
     config_path: Path, port: int, models_dir: Path, data_dir: Path, tiny: bool, name: str = "studio",
     metrics_port: int = 0,
@@ -109,9 +120,8 @@ def up(
     from ingress.wiring.secrets import SECRET_VARS, Secrets
 
     app = load_app_config(config_path, name)
-    # Ray Serve's throughput mode (bench/overhead.py: half the added latency).
     # Proxy- and controller-level settings must be in the environment that starts Ray.
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ.update(serve_process_env(os.environ))
     env = service_env(app, port=port, models_dir=models_dir, data_dir=data_dir)
     os.environ.update(env)
     try:
