@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 #: What a client is told when a name resolves to an address we refuse. Never the address:
 #: a tenant could otherwise map internal DNS names by submitting them.
 REFUSED_ADDRESS = "URL refused: its host resolves to an address that is not publicly routable"
+#: What a client is told of every fetch that failed on the network or on the peer's answer (:func:`fetch_failed`).
+FETCH_FAILED = "could not reach the URL"
 
 MIB = 1024 * 1024
 
@@ -242,9 +244,9 @@ async def check_destination(url: str, field: str, limits: FetchLimits) -> None:
             # system resolver returns, and must not hold one the store calls need.
             answers = await loop.run_in_executor(_dns_pool(), resolve, parsed.host, port, 0, socket.SOCK_STREAM)
     except TimeoutError:
-        raise InputFetchError(field, "URL host name did not resolve in time") from None
-    except OSError:
-        raise InputFetchError(field, "URL host name does not resolve") from None
+        raise fetch_failed(field, "the host name did not resolve in time") from None
+    except OSError as exc:
+        raise fetch_failed(field, f"the host name does not resolve: {exc}") from None
     policy = _policy_for(limits)
     for answer in answers:
         address = ipaddress.ip_address(str(answer[4][0]).split("%")[0])
@@ -278,10 +280,11 @@ def _dns_pool() -> concurrent.futures.ThreadPoolExecutor:
 def _refusal(field: str, exc: SSRFGuardError) -> InputFetchError:
     """The client's side of an ssrfguard refusal: what was refused and why, never an address
     that a name resolved to (the detail goes to the log under an incident id)."""
-    if isinstance(exc, BlockedURLError):  # about the URL as the client wrote it
-        return InputFetchError(field, f"URL refused: {clip_text(exc.reason)}")
+    if isinstance(exc, BlockedURLError):  # about the URL as the client wrote it: the reason is theirs to read
+        incident = log_incident(field, str(exc))
+        return InputFetchError(field, f"URL refused: {clip_text(exc.reason)} (incident {incident})")
     if isinstance(exc, TooManyRedirectsError):
-        return InputFetchError(field, "URL redirected too many times")
+        return fetch_failed(field, "too many redirects")
     incident = log_incident(field, str(exc))
     if isinstance(exc, BlockedAddressError):
         return InputFetchError(field, f"{REFUSED_ADDRESS} (incident {incident})")
@@ -292,7 +295,7 @@ def log_incident(field: str, detail: str) -> str:
     """Log what the client is not told; return the incident id that ties the two."""
     incident = uuid.uuid4().hex[:12]
     log.info("input %s refused (incident %s): %s", field, incident, clip_text(detail),
-             extra={"field": field, "incident": incident})
+             extra={"field": field, "incident": incident, "cause": clip_text(detail)})
     return incident
 
 
@@ -329,23 +332,20 @@ async def fetch_url(url: str, field: str, limits: FetchLimits) -> bytes:
     except InputFetchError:
         raise
     except TimeoutError:
-        raise InputFetchError(
-            field, f"fetching the URL took longer than {limits.timeout_seconds:g} s"
-        ) from None
-    except TooManyRedirectsError:
-        raise InputFetchError(
-            field, f"URL redirected more than {limits.max_redirects} times"
-        ) from None
+        raise fetch_failed(field, f"no answer within {limits.timeout_seconds:g} s") from None
     except SSRFGuardError as exc:
         raise _refusal(field, exc) from None
-    except httpx.TimeoutException:
-        raise InputFetchError(field, "timed out fetching the URL") from None
-    except (httpx.ConnectError, ConnectionError, socket.gaierror) as exc:
-        incident = log_incident(field, f"{type(exc).__name__}: {exc}")
-        raise InputFetchError(field, f"could not connect to the URL's host (incident {incident})") from None
-    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError, UnicodeError) as exc:
-        incident = log_incident(field, f"{type(exc).__name__}: {exc}")
-        raise InputFetchError(field, f"could not fetch the URL (incident {incident})") from None
+    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, ConnectionError, socket.gaierror, OSError, ValueError,
+            UnicodeError) as exc:
+        raise fetch_failed(field, f"{type(exc).__name__}: {exc}") from None
+
+
+def fetch_failed(field: str, cause: str) -> InputFetchError:
+    """Every fetch that failed on the network or on the peer's answer gets this one message, whatever the
+    cause — refused, timed out, reset, a TLS or HTTP error, a non-2xx status, a bad redirect — so that the
+    answers cannot be used to map which hosts and ports are open; the cause is logged under the incident."""
+    incident = log_incident(field, cause)
+    return InputFetchError(field, f"{FETCH_FAILED} (incident {incident})")
 
 
 async def _fetch_following_redirects(
@@ -357,18 +357,14 @@ async def _fetch_following_redirects(
         async with client.stream("GET", current) as response:
             if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
                 if hop >= limits.max_redirects:
-                    raise InputFetchError(
-                        field, f"URL redirected more than {limits.max_redirects} times"
-                    )
+                    raise fetch_failed(field, f"more than {limits.max_redirects} redirects")
                 try:
                     current = str(response.url.join(response.headers["location"]))
                 except (httpx.InvalidURL, ValueError, UnicodeError):
-                    raise InputFetchError(field, "URL redirected to an invalid location") from None
+                    raise fetch_failed(field, "a redirect to an invalid location") from None
                 continue
             if not 200 <= response.status_code < 300:
-                raise InputFetchError(
-                    field, f"fetching the URL returned HTTP {response.status_code}, not 2xx"
-                )
+                raise fetch_failed(field, f"HTTP {response.status_code}")
             return await _read_capped(response, field, limits)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -376,15 +372,13 @@ async def _fetch_following_redirects(
 async def _read_capped(response: httpx.Response, field: str, limits: FetchLimits) -> bytes:
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise InputFetchError(
-            field, f"URL response uses Content-Encoding {encoding!r}; only identity is accepted"
-        )
+        raise fetch_failed(field, f"Content-Encoding {clip_text(encoding, 40)!r}")
     declared = response.headers.get("content-length")
     if declared is not None:
         try:
             declared_size = int(declared)
         except ValueError:
-            raise InputFetchError(field, "URL response has an invalid Content-Length") from None
+            raise fetch_failed(field, "an invalid Content-Length") from None
         if declared_size > limits.max_bytes:
             raise InputFetchError(
                 field,
@@ -398,7 +392,7 @@ async def _read_capped(response: httpx.Response, field: str, limits: FetchLimits
                 field, f"URL response exceeds the limit of {limits.max_bytes} bytes"
             )
     if not buffer:
-        raise InputFetchError(field, "URL response is empty")
+        raise fetch_failed(field, "an empty response")
     return bytes(buffer)
 
 
