@@ -12,9 +12,14 @@ Rules applied here (each a 422 naming the field, e.g. ``history[2]``):
 * Images: ``image_data`` entries, and, in a text turn of a user, http(s) URLs whose path ends in
   ``.png``, ``.jpg``, ``.jpeg`` or ``.webp`` — only with ``image_analyze: true``. ``image_data``
   without ``image_analyze`` is a 422 (never silently dropped); URLs in a text without it are just
-  text. Images need a vision model of the provider. Each is loaded with the image input rules
-  (``load_image``: SSRF-guarded fetch, data: URI or base64, byte and pixel caps), shrunk to fit
-  ``max_image_side`` and re-encoded: PNG, or JPEG when the PNG would exceed ``max_image_bytes``.
+  text. Images need a vision model of the provider. Each is fetched under the image input rules
+  (SSRF-guarded fetch, data: URI or base64, byte and pixel caps), decoded one at a time under the
+  replica's decode budget, shrunk while decoding to what the provider takes (its
+  ``max_image_side``, at most the deployment's) and re-encoded: PNG, or JPEG when the PNG would
+  exceed ``max_image_bytes``.
+
+:func:`plan_chat_job` applies every rule without IO; :func:`load_chat_job` then loads the images,
+so a route can check the provider's key and the tenant's limits in between.
 * Tools: seed shape ``tool_name``/``tool_type`` (either implies the other; a mismatched pair is a
   422) or ``tool_list``, not both. DBSearch / ``search_doc`` needs ``pdf_references``;
   ``pdf_references`` with the document search off is a 422. ``enable_tool: false`` with a tool
@@ -25,6 +30,7 @@ Rules applied here (each a 422 naming the field, e.g. ``history[2]``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import re
@@ -38,8 +44,8 @@ from deployments.chat.messages import ChatImage, ChatJob, ChatTurn
 from ingress.contract.errors import ValidationFailed
 from ingress.contract.schemas import chat as schema
 from ingress.contract.schemas.chat import ChatRequest, TurnContent
-from ingress.inputs import FetchLimits, load_image
-from ingress.inputs.images import fit_within
+from ingress.inputs.decoding import ImageLoader
+from ingress.inputs.images import fit_size, fit_within
 from ingress.jobs import redact_url
 
 log = logging.getLogger(__name__)
@@ -64,9 +70,9 @@ class ChatLimits:
     context_chunks_default: int = 4
     max_tokens_default: int = 1024
     max_tokens_max: int = 4096
-    #: Images are shrunk (aspect kept) to fit this side, then encoded within ``max_image_bytes``
-    #: (vendors' own caps: Anthropic 5 MB and ~1568 px, OpenAI 20 MB and 2048 px).
-    max_image_side: int = 2048
+    #: Images are shrunk (aspect kept) to fit this side (and their provider's own, ``ProviderModels``),
+    #: then encoded within ``max_image_bytes`` (vendors' own caps: Anthropic 5 MB, OpenAI 20 MB).
+    max_image_side: int = 3072
     max_image_bytes: int = 3_500_000
     internet_search_enabled: bool = True
     documents_enabled: bool = True
@@ -98,13 +104,21 @@ class ChatLimits:
                    documents_enabled=documents_enabled, internet_search_enabled=internet_search_enabled, **overrides)
 
 
+#: The longest image side each provider reads; larger images are shrunk by the vendor anyway (OpenAI
+#: fits 2048x2048, Anthropic 1568 px on the long edge, Pixtral 1024x1024, Gemini 3072x3072), so they
+#: are shrunk here, before they cost memory, bandwidth and tokens.
+PROVIDER_IMAGE_SIDE = {"OpenAI": 2048, "ClaudeAI": 1568, "MistralAI": 1024, "GeminiAI": 3072, "Local": 1024}
+
+
 @dataclass(frozen=True)
 class ProviderModels:
-    """One provider's models: those ``llm_model`` may name, those that read images, the default."""
+    """One provider's models: those ``llm_model`` may name, those that read images, the default,
+    and the longest image side it reads."""
 
     models: tuple[str, ...]
     vision_models: tuple[str, ...] = ()
     default_model: str | None = None
+    max_image_side: int = 2048
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -119,14 +133,15 @@ class ProviderModels:
         return self.default_model or self.models[0]
 
     @classmethod
-    def from_config(cls, provider: Any) -> ProviderModels:
-        """From the registry's ``ProviderConfig``."""
-        return cls(tuple(provider.models), tuple(provider.vision_models), provider.default)
+    def from_config(cls, provider: Any, name: str = "") -> ProviderModels:
+        """From the registry's ``ProviderConfig`` of provider ``name``."""
+        side = provider.max_image_side or PROVIDER_IMAGE_SIDE.get(name, 2048)
+        return cls(tuple(provider.models), tuple(provider.vision_models), provider.default, side)
 
 
 def provider_models(chat: Any) -> dict[str, ProviderModels]:
     """Every provider of the registry's ``ChatConfig``."""
-    return {name: ProviderModels.from_config(p) for name, p in chat.providers.items()}
+    return {name: ProviderModels.from_config(p, name) for name, p in chat.providers.items()}
 
 
 @dataclass(frozen=True)
@@ -144,15 +159,49 @@ class _Turn:
     images: list[_ImageRef]
 
 
+@dataclass(frozen=True)
+class ChatPlan:
+    """A chat request with every rule applied and nothing loaded yet (:func:`plan_chat_job`)."""
+
+    request_id: str
+    tenant: str
+    provider: str
+    model: str
+    temperature: float
+    system: str | None
+    turns: tuple[_Turn, ...]
+    max_tokens: int
+    internet_search: bool
+    documents: tuple[str, ...]
+    context_chunks: int
+    max_image_side: int
+
+    @property
+    def images(self) -> list[_ImageRef]:
+        return [ref for turn in self.turns for ref in turn.images]
+
+    def token_estimate(self) -> int:
+        """What the call may cost at most, in tokens: the text (4 characters a token), ~1000 a picture,
+        passages a tool may add (~300 each), and the reply's ``max_tokens``."""
+        chars = len(self.system or "") + sum(len(t.text) for t in self.turns)
+        passages = self.context_chunks if self.documents else 0
+        passages += 5 if self.internet_search else 0
+        return -(-chars // 4) + 1000 * len(self.images) + 300 * passages + self.max_tokens
+
+
 async def build_chat_job(
     req: ChatRequest, tenant: str, request_id: str, providers: dict[str, ProviderModels], limits: ChatLimits,
-    fetch_limits: FetchLimits,
+    images: ImageLoader,
 ) -> ChatJob:
-    """Normalise either request shape into a :class:`ChatJob` (rules: the module docstring).
+    """:func:`plan_chat_job`, then :func:`load_chat_job`."""
+    return await load_chat_job(plan_chat_job(req, tenant, request_id, providers, limits), limits, images)
 
-    Every rule is checked before any image is fetched; all problems found are reported in one
-    :class:`ValidationFailed` (turn-order problems: the first one). Image problems are
-    :class:`~ingress.contract.errors.InputFetchError` naming the image's field."""
+
+def plan_chat_job(req: ChatRequest, tenant: str, request_id: str, providers: dict[str, ProviderModels],
+                  limits: ChatLimits) -> ChatPlan:
+    """Normalise either request shape and check every rule (the module docstring), without IO.
+
+    All problems found are reported in one :class:`ValidationFailed` (turn-order problems: the first one)."""
     problems: list[str] = []
     provider = providers.get(req.llm)
     if provider is None:
@@ -177,17 +226,25 @@ async def build_chat_job(
     internet_search, documents, context_chunks = _tools(req, limits, problems)
     if problems:
         raise ValidationFailed("; ".join(problems))
+    return ChatPlan(request_id=request_id, tenant=tenant, provider=req.llm, model=model, temperature=req.temperature,
+                    system=system, turns=tuple(turns), max_tokens=max_tokens, internet_search=internet_search,
+                    documents=documents, context_chunks=context_chunks,
+                    max_image_side=min(limits.max_image_side, provider.max_image_side))
 
-    loaded = await _load_images(images, limits, fetch_limits)
+
+async def load_chat_job(plan: ChatPlan, limits: ChatLimits, images: ImageLoader) -> ChatJob:
+    """The job of ``plan``, its images loaded (:func:`_load_images`). Image problems are
+    :class:`~ingress.contract.errors.InputFetchError` naming the image's field."""
+    loaded = await _load_images(plan.images, plan.max_image_side, limits, images)
     chat_turns = tuple(
-        ChatTurn(role=t.role, text=t.text, images=tuple(loaded[ref.field] for ref in t.images)) for t in turns
+        ChatTurn(role=t.role, text=t.text, images=tuple(loaded[ref.field] for ref in t.images)) for t in plan.turns
     )
-    log.debug("chat job", extra={"request_id": request_id, "llm": req.llm, "llm_model": model,
-                                 "turns": len(chat_turns), "images": len(images)})
+    log.debug("chat job", extra={"request_id": plan.request_id, "llm": plan.provider, "llm_model": plan.model,
+                                 "turns": len(chat_turns), "images": len(loaded)})
     return ChatJob(
-        request_id=request_id, tenant=tenant, provider=req.llm, model=model, temperature=req.temperature,
-        system=system, turns=chat_turns, max_tokens=max_tokens, internet_search=internet_search,
-        documents=documents, context_chunks=context_chunks,
+        request_id=plan.request_id, tenant=plan.tenant, provider=plan.provider, model=plan.model,
+        temperature=plan.temperature, system=plan.system, turns=chat_turns, max_tokens=plan.max_tokens,
+        internet_search=plan.internet_search, documents=plan.documents, context_chunks=plan.context_chunks,
     )
 
 
@@ -340,24 +397,24 @@ def _tools(req: ChatRequest, limits: ChatLimits, problems: list[str]) -> tuple[b
     return internet, references if docs else (), chunks
 
 
-async def _load_images(refs: list[_ImageRef], limits: ChatLimits, fetch_limits: FetchLimits) -> dict[str, ChatImage]:
-    """Every image loaded under the input rules and re-encoded, concurrently; the first failure
-    cancels the others and is raised."""
+async def _load_images(refs: list[_ImageRef], side: int, limits: ChatLimits,
+                       images: ImageLoader) -> dict[str, ChatImage]:
+    """Every image fetched concurrently (the first failure cancels the others and is raised), then
+    decoded one at a time, shrunk to ``side`` while decoding, and re-encoded (:func:`encode_image`)."""
     if not refs:
         return {}
-
-    async def one(ref: _ImageRef) -> ChatImage:
-        image = await load_image(ref.value, ref.field, fetch_limits)
-        return await asyncio.to_thread(encode_image, image, ref.detail, limits)
-
-    tasks = [asyncio.create_task(one(ref)) for ref in refs]
+    tasks = [asyncio.create_task(images.fetch(ref.value, ref.field)) for ref in refs]
     try:
-        done = await asyncio.gather(*tasks)
+        fetched = await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {ref.field: image for ref, image in zip(refs, done, strict=True)}
+    loaded: dict[str, ChatImage] = {}
+    for ref, image in zip(refs, fetched, strict=True):
+        encode = functools.partial(encode_image, detail=ref.detail, limits=limits)
+        loaded[ref.field] = await images.decode(image, fit_size(image.size, side, side), then=encode)
+    return loaded
 
 
 def encode_image(image: Image.Image, detail: Literal["auto", "low", "high"], limits: ChatLimits) -> ChatImage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from typing import Any
@@ -16,28 +17,29 @@ from deployments.job_rules import check_upscale
 from deployments.types import ImageJob, Job, MattingJob, SpeechJob, UpscaleJob
 from ingress.contract.errors import ValidationFailed
 from ingress.contract.schemas.generation import GenerationRequest
-from ingress.inputs import FetchLimits, load_image
-from ingress.inputs.images import fit_within, size_for_app
+from ingress.inputs.decoding import ImageLoader
+from ingress.inputs.images import FetchedImage, fit_size, size_for_app
 from ingress.wiring.registry import AppConfig, FamilyConfig
 
 _SECRET_PARAM = re.compile(r"(sig|signature|token|key|secret|credential|auth|password)", re.I)
 
 
 async def build_job(
-    app: AppConfig, req: GenerationRequest, tenant: str, request_id: str, limits: FetchLimits,
+    app: AppConfig, req: GenerationRequest, tenant: str, request_id: str, images: ImageLoader,
     family: FamilyConfig | None = None,
 ) -> Job:
-    """Fill the app's defaults, fetch and size the input images its task takes
-    (``deployments.catalog.TASKS``), and make the job of the task's type. The first input
-    (the reference image) is sized for the app (``TaskSpec.sizing``); the others follow its
-    size. ``family`` (the app's family config) bounds upscaling jobs' output."""
+    """Fill the app's defaults, fetch the input images its task takes (``deployments.catalog.TASKS``),
+    check what their headers allow (sizes, ``scale``), and only then decode them — one at a time,
+    under the replica's decode budget (``images``) — into the job of the task's type. The first input
+    (the reference image) is sized for the app (``TaskSpec.sizing``); the others follow its size.
+    ``family`` (the app's family config) bounds upscaling jobs' output."""
     spec = TASKS[app.task]
     if spec.job == "SpeechJob":
         return speech_job(app, req, tenant, request_id)
     if spec.job == "MattingJob":
-        return await _matting_job(app, spec, req, tenant, request_id, limits)
+        return await _matting_job(app, spec, req, tenant, request_id, images)
     if spec.job == "UpscaleJob":
-        return await _upscale_job(app, spec, req, tenant, request_id, limits, family)
+        return await _upscale_job(app, spec, req, tenant, request_id, images, family)
     d = app.defaults
     prompt = req.prompt if req.prompt is not None else d.prompt
     if app.task == "avatar":
@@ -81,34 +83,39 @@ async def build_job(
         job.width = job.width or d.width
         if not spec.inputs:
             return job
-    images = await asyncio.gather(*(load_image(getattr(req, i.field), i.field, limits) for i in spec.inputs))
+    fetched = await asyncio.gather(*(images.fetch(getattr(req, i.field), i.field) for i in spec.inputs))
     if spec.sizing == "fit":
-        job.image = await asyncio.to_thread(fit_within, images[0], int(app.limits.width.max), int(app.limits.height.max))
+        job.image = await images.decode(fetched[0], fit_size(fetched[0].size, *_app_max(app)))
         return job
-    first = await asyncio.to_thread(size_for_app, images[0], req.width, req.height, app.app_id, app.limits)
-    setattr(job, spec.inputs[0].job_attr, first)
-    job.width, job.height = first.size
-    for item, image in zip(spec.inputs[1:], images[1:]):
-        setattr(job, item.job_attr, await asyncio.to_thread(_follow, image, item.mode, first.size))
+    size = size_for_app(fetched[0].size, req.width, req.height, app.app_id, app.limits)  # a 422 costs no decoding
+    setattr(job, spec.inputs[0].job_attr, await images.decode(fetched[0], size))
+    job.width, job.height = size
+    for item, image in zip(spec.inputs[1:], fetched[1:]):  # a mask: its own mode, nothing averaged
+        convert = functools.partial(Image.Image.convert, mode=item.mode)
+        setattr(job, item.job_attr, await images.decode(image, size, Image.Resampling.NEAREST, then=convert))
     return job
 
 
-async def _inputs(app: AppConfig, spec: TaskSpec, req: GenerationRequest, limits: FetchLimits) -> list[Image.Image | None]:
-    """The task's input images, each fitted within the app's largest sides (aspect kept); None for
-    an optional one left out."""
-    async def one(field: str) -> Image.Image | None:
+def _app_max(app: AppConfig) -> tuple[int, int]:
+    return int(app.limits.width.max), int(app.limits.height.max)
+
+
+async def _inputs(app: AppConfig, spec: TaskSpec, req: GenerationRequest, images: ImageLoader) -> list[FetchedImage | None]:
+    """The task's input images, fetched (not decoded); None for an optional one left out."""
+    async def one(field: str) -> FetchedImage | None:
         value = getattr(req, field, None)
-        if not value:
-            return None
-        image = await load_image(value, field, limits)
-        return await asyncio.to_thread(fit_within, image, int(app.limits.width.max), int(app.limits.height.max))
+        return await images.fetch(value, field) if value else None
 
     return list(await asyncio.gather(*(one(item.field) for item in spec.inputs)))
 
 
+async def _fitted(images: ImageLoader, app: AppConfig, image: FetchedImage | None) -> Image.Image | None:
+    """An input decoded and shrunk (aspect kept) to fit the app's largest sides."""
+    return None if image is None else await images.decode(image, fit_size(image.size, *_app_max(app)))
+
+
 async def _matting_job(app: AppConfig, spec: TaskSpec, req: GenerationRequest, tenant: str, request_id: str,
-                       limits: FetchLimits) -> MattingJob:
-    image, background = await _inputs(app, spec, req, limits)
+                       images: ImageLoader) -> MattingJob:
     color = None
     bg_color = getattr(req, "bg_color", None)
     channels = (req.r_color, req.g_color, req.b_color)  # type: ignore[attr-defined]
@@ -117,27 +124,46 @@ async def _matting_job(app: AppConfig, spec: TaskSpec, req: GenerationRequest, t
         color = [255 if c is None else c for c in channels]
     elif isinstance(bg_color, str) and bg_color:
         color = list(_rgb(bg_color))
-    return MattingJob(task=app.task, tenant=tenant, request_id=request_id, return_bytes=req.base64, image=image,
-                      bg_image=background, bg_color=color, blur=bool(getattr(req, "blur", False)))
+    image, background = await _inputs(app, spec, req, images)
+    return MattingJob(task=app.task, tenant=tenant, request_id=request_id, return_bytes=req.base64,
+                      image=await _fitted(images, app, image), bg_image=await _fitted(images, app, background),
+                      bg_color=color, blur=bool(getattr(req, "blur", False)))
 
 
 async def _upscale_job(app: AppConfig, spec: TaskSpec, req: GenerationRequest, tenant: str, request_id: str,
-                       limits: FetchLimits, family: FamilyConfig | None) -> UpscaleJob:
-    (image,) = await _inputs(app, spec, req, limits)
-    assert image is not None  # a required input (checked with the app's rules)
+                       images: ImageLoader, family: FamilyConfig | None) -> UpscaleJob:
+    (fetched,) = await _inputs(app, spec, req, images)
+    assert fetched is not None  # a required input (checked with the app's rules)
     scale = getattr(req, "scale", None) or app.defaults.scale
-    if family is not None:
+    width, height = fit_size(fetched.size, *_app_max(app))
+    if family is not None:  # from the header: a refused scale costs no decoding
         try:
-            check_upscale(image.width, image.height, scale, family.max_output_pixels, TASK_SCALES[app.task])
+            check_upscale(width, height, scale, family.max_output_pixels, TASK_SCALES[app.task])
         except InvalidJobError as exc:
             raise ValidationFailed(exc.public) from None
     d = app.defaults
     return UpscaleJob(
-        task=app.task, tenant=tenant, request_id=request_id, return_bytes=req.base64, image=image, scale=scale,
+        task=app.task, tenant=tenant, request_id=request_id, return_bytes=req.base64,
+        image=await images.decode(fetched, (width, height)), scale=scale,
         prompt=req.prompt if req.prompt is not None else d.prompt, negative_prompt=req.negative_prompt,
         num_inference_steps=req.num_inference_steps or d.num_inference_steps,
         guidance_scale=req.guidance_scale if req.guidance_scale is not None else d.guidance_scale, seed=req.seed,
     )
+
+
+def output_bytes_bound(job: Job, default_side: int = 1024) -> int | None:
+    """The most bytes a job's output files can take (a PNG holds at most ~3 bytes a pixel, 4 with
+    alpha), from the job alone: what ``base64: true`` would inline. None: audio (bounded by its text)."""
+    if isinstance(job, UpscaleJob) and job.image is not None:
+        return job.image.width * job.scale * job.image.height * job.scale * 3
+    if isinstance(job, MattingJob) and job.image is not None:
+        return job.image.width * job.image.height * 4
+    if isinstance(job, ImageJob):
+        width = job.width or default_side
+        height = job.height or default_side
+        extra = 1 if job.return_control_image else 0
+        return width * height * (4 if job.remove_background else 3) * (job.batch + extra)
+    return None
 
 
 def _rgb(value: str) -> tuple[int, int, int]:
@@ -167,11 +193,6 @@ def speech_job(app: AppConfig, req: Any, tenant: str, request_id: str) -> Speech
         style=params.style if params else None,
         use_speaker_boost=params.use_speaker_boost if params else None,
     )
-
-
-def _follow(image: Image.Image, mode: str, size: tuple[int, int]) -> Image.Image:
-    """A secondary input (a mask) in its mode, at the reference image's size."""
-    return image.convert(mode).resize(size, Image.Resampling.NEAREST)
 
 
 def redact(req: GenerationRequest) -> dict[str, Any]:

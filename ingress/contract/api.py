@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ingress.contract.envelopes import install_handlers
+from ingress.contract.limits import TenantGate
 from ingress.contract.metrics import RequestMetrics
 from ingress.contract.routes import apps, chat, documents, files, generation, health, tasks
 from ingress.contract.routes.context import BodyReader, Studio
@@ -37,6 +38,9 @@ def create_api(studio: Studio) -> FastAPI:
     api = FastAPI(title="Studio generation API", version="1", description=_DESCRIPTION)
     api.state.keys = studio.keys  # read by ingress.contract.auth.tenant_of_request
     install_handlers(api)
+    # Added first, so inside the metrics: a tenant's 429 is counted like any other answer.
+    api.add_middleware(TenantGate, prefix=PREFIX, keys=studio.keys, settings=studio.settings,
+                       admission=studio.admission)
     api.add_middleware(RequestMetrics, prefix=PREFIX)
     read_body = BodyReader(studio.settings)
     api.include_router(generation.router(studio, read_body), prefix=PREFIX)

@@ -88,7 +88,11 @@ bearer = HTTPBearer(
 async def tenant_of_request(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> str:
-    """The caller's tenant, or raise ``Unauthorized`` (401) naming what is wrong with the header."""
+    """The caller's tenant, or raise ``Unauthorized`` (401) naming what is wrong with the header.
+    (:class:`ingress.contract.limits.TenantGate` has usually read it already: its answer is reused.)"""
+    known = getattr(request.state, "tenant", None)
+    if known is not None:
+        return known
     keys: KeyRing = request.app.state.keys
     return keys.tenant(request.headers.get("authorization"))
 

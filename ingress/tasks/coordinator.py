@@ -39,7 +39,7 @@ from typing import Any
 from deployments.autoscaling import publish_queue_depth
 from deployments.errors import new_incident
 from deployments.metrics import STUDIO_METRICS
-from deployments.replica_net import bind_replica_grpc_to_node_ip
+from deployments.replica import prepare_replica
 from deployments.types import TaskRef
 from ingress.dispatch import classify_ray_error, family_call
 from ingress.inputs import FetchLimits
@@ -76,7 +76,7 @@ class TaskCoordinator:
     def __init__(self, handles: dict[str, Any], deployments: dict[str, dict[str, Any]] | None = None, *,
                  start_loop: bool = True):
         """``deployments``: per family deployment, its ``family``, ``gpu`` and ``max_ongoing_requests``."""
-        bind_replica_grpc_to_node_ip()
+        prepare_replica()
         self.settings = IngressSettings()
         storage = StorageSettings()
         self.handles = handles
@@ -103,8 +103,8 @@ class TaskCoordinator:
         self._start_loop = start_loop
         self._loops: dict[str, asyncio.Task] = {}
         self.deployments = deployments or {}
-        self.fair = FairShare(lambda tenant: self.settings.quota(tenant)[2])
-        self.quotas = TenantQuotas(lambda tenant: self.settings.quota(tenant)[:2], time.time)
+        self.fair = FairShare(lambda tenant: self.settings.quota(tenant).weight)
+        self.quotas = TenantQuotas(lambda tenant: self.settings.quota(tenant), time.time)
         self._replicas: dict[str, int] = {}
         self._replicas_at = -float("inf")
         self._backlog: dict[str, int] = {}  # deployment -> tasks waiting in the store at the last scan
@@ -129,13 +129,22 @@ class TaskCoordinator:
         else:
             self._wake.set()
 
-    async def admit(self, tenant: str, images: int, task: bool) -> Refusal | None:
-        """Count a job against ``tenant``'s quotas (:mod:`ingress.tasks.quotas`), or refuse it."""
+    async def admit(self, tenant: str, costs: dict[str, int], task: bool = False) -> Refusal | None:
+        """Count a request costing ``costs`` (per rate) against ``tenant``'s quotas
+        (:mod:`ingress.tasks.quotas`), or refuse it."""
         self._ensure_loop()
-        refusal = self.quotas.admit(tenant, images, task)
+        refusal = self.quotas.admit(tenant, costs, task)
         if refusal is not None:
             STUDIO_METRICS.quota_rejection(tenant, refusal.quota)
         return refusal
+
+    async def charge(self, tenant: str, rate: str, amount: int) -> None:
+        """Settle a cost known after the work (a PDF's pages, a chat's real token usage)."""
+        self.quotas.charge(tenant, rate, amount)
+
+    async def has_webhook_secret(self, tenant: str) -> bool:
+        """Whether ``tenant`` has a webhook signing secret (the coordinator holds them; the ingress asks)."""
+        return self.settings.webhook_secret(tenant) is not None
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds; it also (re)starts the loops."""

@@ -1,6 +1,11 @@
 """Per-tenant quotas, kept by the one coordinator replica so that every ingress
-replica sees the same counts: unfinished async tasks at once, and images per
-minute (a token bucket refilled continuously, sync and async alike).
+replica sees the same counts: unfinished async tasks at once, and per-minute
+costs (``ingress.wiring.settings.RATES``: requests on every route, images, chat
+tokens, document pages), each a token bucket refilled continuously.
+
+A cost known only after the work (a PDF's pages, a chat's real usage) is settled
+with :meth:`TenantQuotas.charge`: the bucket may go below zero, and the tenant's
+next request of that kind waits until it refills (a debt, not a refusal after the fact).
 
 Unfinished tasks are counted from the coordinator's last scan of the queue
 markers plus the admissions since shortly before that scan (a submit writes its
@@ -15,6 +20,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 ADMISSION_OVERLAP_SECONDS = 2.0  # admissions this much older than a scan are in it (or never made a task)
 
@@ -29,15 +35,16 @@ class Refusal:
 
 
 class TenantQuotas:
-    """Admission by tenant. ``limits(tenant)`` gives ``(max_tasks, images_per_minute)``, 0 meaning no limit."""
+    """Admission by tenant. ``limits(tenant)`` gives its ``TenantLimits`` (``max_tasks`` and
+    ``per_minute``; 0 meaning no limit)."""
 
-    def __init__(self, limits: Callable[[str], tuple[int, int]], clock: Callable[[], float]):
+    def __init__(self, limits: Callable[[str], Any], clock: Callable[[], float]):
         self.limits = limits
         self.clock = clock
         self._scanned: Counter[str] = Counter()
         self._scan_at = -math.inf
         self._admitted: deque[tuple[float, str]] = deque()
-        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (tenant, rate) -> (tokens, at)
 
     def scanned(self, unfinished: Counter[str], listed_at: float) -> None:
         """The unfinished tasks per tenant that a scan listed at ``listed_at``."""
@@ -49,23 +56,41 @@ class TenantQuotas:
         recent = sum(1 for at, t in self._admitted if t == tenant and at >= self._scan_at - ADMISSION_OVERLAP_SECONDS)
         return self._scanned.get(tenant, 0) + recent
 
-    def admit(self, tenant: str, images: int, task: bool) -> Refusal | None:
-        """Count a job of ``images`` images (an async task if ``task``) against ``tenant``'s
-        quotas, or say why not; a refused job is not counted."""
-        max_tasks, per_minute = self.limits(tenant)
+    def _tokens(self, tenant: str, rate: str, per_minute: int, now: float) -> float:
+        tokens, at = self._buckets.get((tenant, rate), (float(per_minute), now))
+        return min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
+
+    def admit(self, tenant: str, costs: dict[str, int], task: bool = False) -> Refusal | None:
+        """Count a job costing ``costs`` (per rate, e.g. ``{"images": 4}``; an async task if ``task``)
+        against ``tenant``'s quotas, or say why not; a refused job is not counted at all."""
+        limits = self.limits(tenant)
         now = self.clock()
-        if task and max_tasks and self.unfinished(tenant) >= max_tasks:
-            return Refusal("max_tasks", max_tasks, retry_after=5)
-        if per_minute:
-            if images > per_minute:
-                return Refusal("images_per_minute", per_minute, retry_after=None)
-            tokens, at = self._buckets.get(tenant, (float(per_minute), now))
-            tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
-            if tokens < images:
-                self._buckets[tenant] = (tokens, now)
-                return Refusal("images_per_minute", per_minute,
-                               retry_after=max(1, math.ceil((images - tokens) * 60.0 / per_minute)))
-            self._buckets[tenant] = (tokens - images, now)
+        if task and limits.max_tasks and self.unfinished(tenant) >= limits.max_tasks:
+            return Refusal("max_tasks", limits.max_tasks, retry_after=5)
+        taken: dict[str, float] = {}
+        for rate, cost in costs.items():
+            per_minute = limits.per_minute.get(rate, 0)
+            if not per_minute or cost <= 0:
+                continue
+            if cost > per_minute:
+                return Refusal(f"{rate}_per_minute", per_minute, retry_after=None)
+            tokens = self._tokens(tenant, rate, per_minute, now)
+            if tokens < cost:
+                return Refusal(f"{rate}_per_minute", per_minute,
+                               retry_after=max(1, math.ceil((cost - tokens) * 60.0 / per_minute)))
+            taken[rate] = tokens - cost
+        for rate, left in taken.items():
+            self._buckets[(tenant, rate)] = (left, now)
         if task:
             self._admitted.append((now, tenant))
         return None
+
+    def charge(self, tenant: str, rate: str, amount: int) -> None:
+        """Settle ``amount`` more (or, negative, less) of ``rate`` than was admitted; never refused."""
+        per_minute = self.limits(tenant).per_minute.get(rate, 0)
+        if not per_minute or not amount:
+            return
+        now = self.clock()
+        tokens = self._tokens(tenant, rate, per_minute, now) - amount
+        # A debt of at most one minute's worth: a huge document waits a minute, not an hour.
+        self._buckets[(tenant, rate)] = (max(-float(per_minute), min(float(per_minute), tokens)), now)

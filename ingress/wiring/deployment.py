@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from deployments.replica_net import bind_replica_grpc_to_node_ip
+from deployments.replica import prepare_replica
 from ingress.admission import Admission
 from ingress.contract.api import Studio, create_api
 from ingress.contract.auth import KeyRing
@@ -26,7 +26,7 @@ class StudioIngress:
 
     def __init__(self, config: dict[str, Any], handles: dict[str, Any], coordinator: Any = None,
                  services: dict[str, Any] | None = None):
-        bind_replica_grpc_to_node_ip()
+        prepare_replica()
         settings = IngressSettings()
         storage = StorageSettings()
         store = open_store(storage)
@@ -52,6 +52,7 @@ class StudioIngress:
             admission=Admission(coordinator, settings) if coordinator is not None else None,
             chat=(services or {}).get("chat"),
             documents=(services or {}).get("documents"),
+            coordinator=coordinator,
         )
         log.info("ingress ready", extra={"apps": len(self.studio.registry.apps), "keys": len(self.studio.keys)})
 

@@ -304,6 +304,9 @@ class ProviderConfig(_Strict):
                                       "(default: the first of `models`).")
     family: str | None = Field(None, description="`Local` only: the `llm` family that serves it.")
     inference_type: GpuType | None = Field(None, description="`Local` only: the GPU type of that family's deployment.")
+    max_image_side: int | None = Field(None, ge=64, le=8192, description="Longest image side sent to this provider "
+                                       "(images are shrunk while decoding); default: the vendor's own "
+                                       "(`ingress.chat_jobs.PROVIDER_IMAGE_SIDE`).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ProviderConfig:

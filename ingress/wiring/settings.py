@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The per-minute costs a tenant is limited in (cluster-wide, counted by the coordinator).
+RATES = ("requests", "images", "chat_tokens", "document_pages")
+
 
 class TenantQuota(BaseModel):
-    """One tenant's overrides of the default quotas, and its share of the GPUs."""
+    """One tenant's overrides of the default quotas and limits (left out: the default), and its share of the GPUs."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_tasks: int | None = Field(None, ge=0, description="Unfinished async tasks at once; 0: no limit.")
     images_per_minute: int | None = Field(None, ge=0, description="Images requested per minute; 0: no limit.")
+    requests_per_minute: int | None = Field(None, ge=0, description="Requests per minute, every route; 0: no limit.")
+    chat_tokens_per_minute: int | None = Field(None, ge=0, description="Chat tokens per minute; 0: no limit.")
+    document_pages_per_minute: int | None = Field(None, ge=0, description="PDF pages stored per minute; 0: no limit.")
+    concurrent_requests: int | None = Field(None, ge=0, description="Requests in flight on one ingress replica.")
+    open_uploads: int | None = Field(None, ge=0, description="Bodies being received at once on one ingress replica.")
     weight: float = Field(1.0, gt=0, le=1000, description="Share of each family's queue against other tenants.")
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """What applies to one tenant (0: no limit). ``per_minute`` maps each of :data:`RATES` to its limit."""
+
+    max_tasks: int
+    per_minute: dict[str, int]
+    concurrent_requests: int
+    open_uploads: int
+    weight: float = 1.0
 
 
 class IngressSettings(BaseSettings):
@@ -90,6 +110,34 @@ class IngressSettings(BaseSettings):
     tenant_quotas: dict[str, TenantQuota] = Field(
         default_factory=dict, description="JSON object: tenant -> {max_tasks, images_per_minute, weight}."
     )
+    tenant_requests_per_minute: int = Field(
+        0, ge=0, description="Requests one tenant may make per minute on every route, cluster-wide (429 beyond); 0: no limit."
+    )
+    tenant_chat_tokens_per_minute: int = Field(
+        0, ge=0, description="Chat tokens (prompt estimate + max_tokens, settled with the usage) per tenant per minute."
+    )
+    tenant_document_pages_per_minute: int = Field(
+        0, ge=0, description="PDF pages one tenant may store per minute (charged once parsed; over it, the next waits)."
+    )
+    tenant_concurrent_requests: int = Field(
+        16, ge=0, description="Requests of one tenant in flight at once on one ingress replica (429 beyond); 0: no limit."
+    )
+    tenant_open_uploads: int = Field(
+        4, ge=0, description="Request bodies of one tenant being received at once on one ingress replica; 0: no limit."
+    )
+    body_idle_seconds: float = Field(
+        10, gt=0, le=300, description="A request body that sends nothing for this long is cut (408)."
+    )
+    decode_budget_bytes: int | None = Field(
+        None, ge=64 * 1024 * 1024, description="Decoded image bytes one ingress replica holds at once; default: a "
+        "sixteenth of its memory limit, within 512 MiB..2 GiB."
+    )
+    decode_wait_seconds: float = Field(
+        3, gt=0, le=60, description="How long a request waits for its share of the decode budget (503 after)."
+    )
+    max_inline_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024 * 1024, description="Largest total of output files returned inline (`base64: true`)."
+    )
     quota_check_seconds: float = Field(
         1.0, gt=0, le=30, description="How long the ingress waits for the coordinator's quota answer (admits after)."
     )
@@ -100,15 +148,20 @@ class IngressSettings(BaseSettings):
             raise ValueError("STUDIO_MAX_BUFFERED_BODY_BYTES must be at least STUDIO_MAX_IMAGE_BODY_BYTES")
         return self
 
-    def quota(self, tenant: str) -> tuple[int, int, float]:
-        """``(max_tasks, images_per_minute, weight)`` of ``tenant`` (0: no limit)."""
-        own = self.tenant_quotas.get(tenant)
-        if own is None:
-            return self.tenant_max_tasks, self.tenant_images_per_minute, 1.0
-        return (
-            self.tenant_max_tasks if own.max_tasks is None else own.max_tasks,
-            self.tenant_images_per_minute if own.images_per_minute is None else own.images_per_minute,
-            own.weight,
+    def quota(self, tenant: str) -> TenantLimits:
+        """What applies to ``tenant``: its overrides (``tenant_quotas``) over the defaults."""
+        own = self.tenant_quotas.get(tenant) or TenantQuota()
+
+        def pick(name: str) -> int:
+            value = getattr(own, name)
+            return getattr(self, f"tenant_{name}") if value is None else value
+
+        return TenantLimits(
+            max_tasks=pick("max_tasks"),
+            per_minute={rate: pick(f"{rate}_per_minute") for rate in RATES},
+            concurrent_requests=pick("concurrent_requests"),
+            open_uploads=pick("open_uploads"),
+            weight=own.weight,
         )
 
     def has_webhook_secret(self, tenant: str) -> bool:

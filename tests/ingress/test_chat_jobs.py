@@ -11,12 +11,13 @@ import random
 import pytest
 from PIL import Image
 
-import ingress.chat_jobs as chat_jobs
 from deployments.chat.messages import ChatJob
 from ingress.chat_jobs import ChatLimits, ProviderModels, build_chat_job, image_urls, provider_models, redact_chat
 from ingress.contract.errors import InputFetchError, ValidationFailed
 from ingress.contract.schemas.chat import ChatRequest, parse_chat_request
 from ingress.inputs import FetchLimits
+from ingress.inputs.decoding import ImageLoader
+from ingress.inputs.images import read_header
 from ingress.wiring.registry import ChatConfig, ProviderConfig
 
 PROVIDERS = {
@@ -25,6 +26,15 @@ PROVIDERS = {
     "Local": ProviderModels(("tiny-chat",)),
 }
 FETCH = FetchLimits()
+
+
+def _png(size) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(out, format="PNG")
+    return out.getvalue()
+
+
+PNG_4x3 = _png((4, 3))
 
 
 def png_uri(width: int = 8, height: int = 6, color=(200, 10, 10)) -> str:
@@ -54,7 +64,7 @@ def request(**fields) -> ChatRequest:
 def build(req: ChatRequest, limits: ChatLimits | None = None, fetch: FetchLimits = FETCH,
           providers: dict[str, ProviderModels] | None = None) -> ChatJob:
     return asyncio.run(build_chat_job(req, "tenant-a", "req-1", PROVIDERS if providers is None else providers,
-                                      limits or ChatLimits(), fetch))
+                                      limits or ChatLimits(), ImageLoader(fetch)))
 
 
 def refused(req: ChatRequest, limits: ChatLimits | None = None, **kwargs) -> str:
@@ -199,8 +209,10 @@ def test_provider_models_from_the_registry():
     config = ChatConfig(providers={"OpenAI": ProviderConfig(models=["a", "b"], vision_models=["b"], default_model="b"),
                                    "ClaudeAI": ProviderConfig(models=["c"])},
                         max_tokens_default=100, max_tokens_max=200)
-    assert provider_models(config) == {"OpenAI": ProviderModels(("a", "b"), ("b",), "b"),
-                                       "ClaudeAI": ProviderModels(("c",), (), "c")}
+    assert provider_models(config) == {"OpenAI": ProviderModels(("a", "b"), ("b",), "b", max_image_side=2048),
+                                       "ClaudeAI": ProviderModels(("c",), (), "c", max_image_side=1568)}
+    config.providers["ClaudeAI"] = ProviderConfig(models=["c"], max_image_side=800)  # an operator's own
+    assert provider_models(config)["ClaudeAI"].max_image_side == 800
     limits = ChatLimits.from_config(config, documents_enabled=False)
     assert (limits.max_tokens_default, limits.max_tokens_max, limits.documents_enabled) == (100, 200, False)
 
@@ -347,11 +359,11 @@ def test_image_urls_in_text():
 def test_seed_shape_image_urls_are_fetched_only_with_image_analyze(monkeypatch):
     calls: list[tuple[str, str]] = []
 
-    async def fake_load(value, field, limits):
+    async def fake_fetch(self, value, field):
         calls.append((value, field))
-        return Image.new("RGB", (4, 3), (1, 2, 3))
+        return read_header(PNG_4x3, field, FETCH)
 
-    monkeypatch.setattr(chat_jobs, "load_image", fake_load)
+    monkeypatch.setattr(ImageLoader, "fetch", fake_fetch)
     history = [user("what is https://x.test/cat.png and https://x.test/dog.jpg?"), assistant("pets"),
                user("and https://x.test/page")]
     job = build(request(image_analyze=True, history=history))
@@ -367,7 +379,7 @@ def test_seed_shape_image_urls_are_fetched_only_with_image_analyze(monkeypatch):
 def test_a_failing_image_cancels_the_others(monkeypatch):
     started, cancelled = [], []
 
-    async def fake_load(value, field, limits):
+    async def fake_fetch(self, value, field):
         started.append(field)
         if value == "bad":
             raise InputFetchError(field, "is broken")
@@ -376,9 +388,9 @@ def test_a_failing_image_cancels_the_others(monkeypatch):
         except asyncio.CancelledError:
             cancelled.append(field)
             raise
-        return Image.new("RGB", (1, 1))
+        return read_header(PNG_4x3, field, FETCH)
 
-    monkeypatch.setattr(chat_jobs, "load_image", fake_load)
+    monkeypatch.setattr(ImageLoader, "fetch", fake_fetch)
     req = request(image_analyze=True, history=[user({"text": "x", "image_data": [{"url": "slow"}, {"url": "bad"}]})])
     with pytest.raises(InputFetchError, match=r"image_data\[1\]\.url: is broken"):
         build(req)

@@ -8,6 +8,7 @@ from PIL import Image
 from ingress.contract.errors import ValidationFailed
 from ingress.contract.schemas.generation import ImageToImageRequest, TextToImageRequest
 from ingress.inputs import FetchLimits
+from ingress.inputs.decoding import ImageLoader
 from ingress.jobs import build_job, redact, webhook_fingerprint
 from ingress.wiring.registry import AppConfig
 
@@ -32,18 +33,18 @@ def test_redact_masks_secrets_and_inline_images():
 def test_text_job_takes_app_defaults():
     app = AppConfig(app_id="ap-t", name="t", family="f", task="text2img", inference_types=["a10g"],
                     defaults={"height": 768, "width": 640, "num_inference_steps": 12, "guidance_scale": 5})
-    job = asyncio.run(build_job(app, TextToImageRequest(app_id="ap-t"), "ten", "rid", FetchLimits()))
+    job = asyncio.run(build_job(app, TextToImageRequest(app_id="ap-t"), "ten", "rid", ImageLoader(FetchLimits())))
     assert (job.height, job.width, job.num_inference_steps, job.guidance_scale) == (768, 640, 12, 5)
     assert job.prompt == "a beautiful painting" and job.tenant == "ten"
 
 
 def test_image_job_fits_large_inputs_and_honours_explicit_size():
     job = asyncio.run(build_job(APP, ImageToImageRequest(app_id="ap-x", image=_b64((2000, 1000))), "t", "r",
-                                FetchLimits()))
+                                ImageLoader(FetchLimits())))
     assert job.image.size == (1536, 768) and (job.width, job.height) == (1536, 768)
     assert job.strength == 0.7
     job = asyncio.run(build_job(APP, ImageToImageRequest(app_id="ap-x", image=_b64((300, 200)), width=512,
-                                                         height=256), "t", "r", FetchLimits()))
+                                                         height=256), "t", "r", ImageLoader(FetchLimits())))
     assert job.image.size == (512, 256)
 
 
@@ -53,7 +54,7 @@ SDXL = AppConfig(app_id="ap-xl", name="xl", family="f", task="img2img", inferenc
 
 def _job(app, size, **kw):
     return asyncio.run(build_job(app, ImageToImageRequest(app_id=app.app_id, image=_b64(size), **kw), "t", "r",
-                                 FetchLimits()))
+                                 ImageLoader(FetchLimits())))
 
 
 def test_one_side_given_derives_the_other_within_the_apps_range():
@@ -117,13 +118,13 @@ def test_matting_job_keeps_the_image_size_and_fills_the_colour():
 
 def test_upscale_job_refuses_an_output_over_the_cap_naming_it():
     req = ImageToImageRequest(app_id="ap-u", image=_b64((512, 256)), scale=8)
-    job = asyncio.run(build_job(UPSCALE, req, "t", "r", FetchLimits(), _family(max_output_pixels=4096 * 2048)))
+    job = asyncio.run(build_job(UPSCALE, req, "t", "r", ImageLoader(FetchLimits()), _family(max_output_pixels=4096 * 2048)))
     assert (job.scale, job.image.size) == (8, (512, 256))
     with pytest.raises(ValidationFailed, match=r"scale: a 512x256 image at 8x would be 4096x2048 = 8388608 pixels; "
                                                r"allowed: at most 8388607 output pixels"):
-        asyncio.run(build_job(UPSCALE, req, "t", "r", FetchLimits(), _family(max_output_pixels=4096 * 2048 - 1)))
+        asyncio.run(build_job(UPSCALE, req, "t", "r", ImageLoader(FetchLimits()), _family(max_output_pixels=4096 * 2048 - 1)))
     job = asyncio.run(build_job(UPSCALE, ImageToImageRequest(app_id="ap-u", image=_b64((33, 17))), "t", "r",
-                                FetchLimits(), _family()))
+                                ImageLoader(FetchLimits()), _family()))
     assert job.scale == 4 and job.image.size == (33, 17)  # the app's default factor
 
 

@@ -22,22 +22,25 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from deployments.chat.messages import ChatJob, Retrieved, Source, TextDelta, Usage
-from ingress.chat_jobs import ChatLimits, build_chat_job, provider_models, redact_chat
+from deployments.errors import VendorError
+from ingress.chat_jobs import ChatLimits, ChatPlan, load_chat_job, plan_chat_job, provider_models, redact_chat
 from ingress.contract.auth import Tenant
 from ingress.contract.envelopes import envelope_response
 from ingress.contract.errors import NotFound, StudioError, Timeout
+from ingress.contract.metrics import label_request
 from ingress.contract.routes.context import BodyReader, Studio
 from ingress.contract.routes.docs import model_body, responses
 from ingress.contract.schemas.chat import ChatRequest, parse_chat_request
 from ingress.contract.schemas.envelope import ChatEnvelope
-from ingress.dispatch import map_call_error, service_call
+from ingress.dispatch import map_call_error, service_call, vendor_error
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,38 @@ NDJSON = "application/x-ndjson"
 def source_json(source: Source) -> dict[str, Any]:
     """A retrieved passage as the envelope shows it (no empty fields)."""
     return {k: v for k, v in dataclasses.asdict(source).items() if v is not None}
+
+
+class ProviderKeys:
+    """Which vendor providers have their key (only the chat service holds the keys): asked of it, and
+    remembered for ``ttl`` seconds, so a request for a provider without a key is refused (502, as the
+    chat service would) before any of its images is decoded. Not knowing (the service did not answer)
+    leaves the decision to the chat service."""
+
+    def __init__(self, ask: Callable[[], Any], ttl: float = 30.0):
+        self.ask = ask
+        self.ttl = ttl
+        self._known: frozenset[str] | None = None
+        self._until = 0.0
+        self._lock = asyncio.Lock()
+
+    async def check(self, provider: str) -> None:
+        if provider == "Local":
+            return
+        ready = await self._ready()
+        if ready is not None and provider not in ready:
+            raise vendor_error(VendorError(provider, "credentials", "no API key is configured"))
+
+    async def _ready(self) -> frozenset[str] | None:
+        async with self._lock:
+            if self._known is None or time.monotonic() >= self._until:
+                try:
+                    self._known = frozenset(await asyncio.wait_for(self.ask(), 5))
+                    self._until = time.monotonic() + self.ttl
+                except Exception:
+                    log.warning("the chat service did not say which providers have keys", exc_info=True)
+                    return None
+            return self._known
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -70,12 +105,28 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     limits = (ChatLimits.from_config(config, documents_enabled=studio.documents is not None)
               if config is not None else None)
 
-    async def prepare(request: Request, tenant: str) -> tuple[ChatRequest, ChatJob]:
+    keys = ProviderKeys(lambda: studio.chat.providers_with_keys.remote())
+
+    @asynccontextmanager
+    async def prepare(request: Request, tenant: str) -> AsyncIterator[tuple[ChatRequest, ChatJob, ChatPlan]]:
+        """Every check that costs nothing first (the rules, the provider's key, the tenant's token
+        budget), then the images, decoded under the replica's budget until the request ends."""
         chat_config()
         assert limits is not None  # chat_config() refused a deployment without a chat config
         req = parse_chat_request(await read_body(request, settings.max_image_body_bytes))
-        job = await build_chat_job(req, tenant, uuid.uuid4().hex, providers, limits, studio.fetch_limits)
-        return req, job
+        plan = plan_chat_job(req, tenant, uuid.uuid4().hex, providers, limits)
+        label_request(request, task_id=plan.request_id, deployment="chat")
+        await keys.check(plan.provider)
+        if studio.admission is not None:
+            await studio.admission.check(tenant, {"chat_tokens": plan.token_estimate()})
+        async with studio.images() as images:
+            yield req, await load_chat_job(plan, limits, images), plan
+
+    def settle(tenant: str, plan: ChatPlan, usage: Usage | None) -> None:
+        """The tokens really used against those admitted (a failed call uses none)."""
+        if studio.admission is not None:
+            used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
+            studio.admission.settle(tenant, "chat_tokens", used - plan.token_estimate())
 
     def doc(summary: str, stream: bool) -> dict[str, Any]:
         ok = ({"description": "NDJSON: `{\"output\": \"<piece>\"}` lines, then `{\"output\": null, \"promptTokens\": n, "
@@ -92,24 +143,26 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     @api.post("/chat", **doc("ChatBot", stream=False))
     async def chat(request: Request, tenant: Tenant):
         started = time.perf_counter()
-        req, job = await prepare(request, tenant)
-        reply = await service_call(studio.chat.chat.remote(job), "chat", chat_config().timeout_seconds,
-                                   settings.retry_after_seconds)
+        async with prepare(request, tenant) as (req, job, plan):
+            reply = None
+            try:
+                reply = await service_call(studio.chat.chat.remote(job), "chat", chat_config().timeout_seconds,
+                                           settings.retry_after_seconds)
+            finally:
+                settle(tenant, plan, reply.usage if reply is not None else None)
         env = ChatEnvelope(
             time_required=round(time.perf_counter() - started, 4), input=redact_chat(req), output=reply.text,
             task_id=job.request_id, status="SUCCESS", promptTokens=reply.usage.prompt_tokens,
             completionTokens=reply.usage.completion_tokens,
             meta={"llm": job.provider, "llm_model": job.model, "sources": [source_json(s) for s in reply.sources]},
         )
-        log.info("chat", extra={"tenant": tenant, "llm": job.provider, "llm_model": job.model,
-                                "seconds": env.time_required, "completion_tokens": reply.usage.completion_tokens})
         return envelope_response(env)
 
     @api.post("/streamChat", **doc("ChatBot, streamed as JSON lines", stream=True))
     async def stream_chat(request: Request, tenant: Tenant):
-        _, job = await prepare(request, tenant)
-        timeout = chat_config().timeout_seconds
-        response = studio.chat.options(stream=True).stream.remote(job)
+        async with prepare(request, tenant) as (_, job, plan):
+            timeout = chat_config().timeout_seconds
+            response = studio.chat.options(stream=True).stream.remote(job)
         events = response.__aiter__()
         deadline = time.monotonic() + timeout
         held: tuple[Source, ...] | None = None
@@ -122,23 +175,29 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             first = Usage(0, 0)
         except TimeoutError:
             response.cancel()
+            settle(tenant, plan, None)
             raise Timeout(f"chat did not answer within {timeout:g} s") from None
         except BaseException as exc:  # a client gone before the first piece (CancelledError) cancels the call too
             response.cancel()
+            settle(tenant, plan, None)
             if not isinstance(exc, Exception):
                 raise
             raise map_call_error(exc, "chat", settings.retry_after_seconds) from None
-        return StreamingResponse(_ndjson(first, events, response, deadline, settings.retry_after_seconds, held),
-                                 media_type=NDJSON, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        lines = _ndjson(first, events, response, deadline, settings.retry_after_seconds, held,
+                        on_end=lambda usage: settle(tenant, plan, usage))
+        return StreamingResponse(lines, media_type=NDJSON, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     return api
 
 
 async def _ndjson(first: Any, events: AsyncIterator[Any], response: Any, deadline: float,
-                  retry_after: int, sources: tuple[Source, ...] | None = None) -> AsyncIterator[bytes]:
-    """The stream's lines; closing it early (a client that went away) cancels the chat call."""
+                  retry_after: int, sources: tuple[Source, ...] | None = None,
+                  on_end: Callable[[Usage | None], None] | None = None) -> AsyncIterator[bytes]:
+    """The stream's lines; closing it early (a client that went away) cancels the chat call.
+    ``on_end`` gets the call's usage (None: it did not finish) once the stream is over."""
     event = first
     done = False
+    usage: Usage | None = None
     try:
         while True:
             if isinstance(event, Retrieved):
@@ -147,6 +206,7 @@ async def _ndjson(first: Any, events: AsyncIterator[Any], response: Any, deadlin
                 if event.text:
                     yield _line({"output": event.text})
             elif isinstance(event, Usage):
+                usage = event
                 last: dict[str, Any] = {"output": None, "promptTokens": event.prompt_tokens,
                                         "completionTokens": event.completion_tokens}
                 if sources is not None:
@@ -175,3 +235,5 @@ async def _ndjson(first: Any, events: AsyncIterator[Any], response: Any, deadlin
     finally:
         if not done:
             response.cancel()
+        if on_end is not None:
+            on_end(usage)

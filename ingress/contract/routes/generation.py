@@ -32,7 +32,7 @@ from ingress.contract.schemas.generation import (
 from ingress.contract.schemas.speech import TextToSpeechRequest
 from ingress.contract.validation import check_for_app, check_speech_app
 from ingress.dispatch import service_call
-from ingress.jobs import build_job, redact
+from ingress.jobs import build_job, output_bytes_bound, redact
 from ingress.model_checks import check_job
 from ingress.tasks.service import body_digest
 from ingress.tasks.webhooks import check_webhook_destination
@@ -82,13 +82,17 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         if req.celery:
             return envelope_response(await submit(route, app, gpu, req, tenant, request))
         if studio.admission is not None:
-            await studio.admission.check(tenant, req.batch, task=False)
+            await studio.admission.check(tenant, {"images": getattr(req, "batch", 1)})
         request_id = uuid.uuid4().hex
-        job = await build_job(app, req, tenant, request_id, limits, studio.registry.config.families[app.family])
-        await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
-        await enhance(req, job)
-        result = await studio.dispatcher.run(app.family, gpu, job, settings.sync_timeout_seconds)
-        urls, expires_at = await _outputs(studio, result)
+        label_request(request, task_id=request_id, deployment=deployment_name(app.family, gpu))
+        family = studio.registry.config.families[app.family]
+        async with studio.images() as images:  # decoded inputs count against the replica's budget until the end
+            job = await build_job(app, req, tenant, request_id, images, family)
+            check_inline(job)
+            await check_for_model(app, gpu, job, wait=False)  # the family checks too; never wait here
+            await enhance(req, job)
+            result = await studio.dispatcher.run(app.family, gpu, job, settings.sync_timeout_seconds)
+        urls, expires_at = await _outputs(studio, result, settings.max_inline_bytes)
         # Text To Speech: one audio file's URL; images: a list, one per image.
         output: str | list[str] = urls[0] if TASKS[app.task].output == "audio" else urls
         STUDIO_METRICS.images(getattr(request.state, "studio_metric_labels", {}), len(result.outputs))
@@ -101,14 +105,20 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             status="SUCCESS",
             meta=output_meta(result.meta, expires_at),
         )
-        log.info(
-            "generated",
-            extra={"app_id": app.app_id, "gpu": gpu, "tenant": tenant, "outputs": len(result.outputs),
-                   "seconds": env.time_required},
-        )
         headers = {"X-Studio-Deployment": deployment_name(app.family, gpu)}
         headers.update({_SERVED_BY[k]: v for k, v in result.served_by.items() if k in _SERVED_BY})
         return envelope_response(env, headers=headers)
+
+    def check_inline(job) -> None:
+        """``base64: true``: the outputs' largest possible size must fit ``max_inline_bytes``; known
+        here, before the job runs."""
+        if not getattr(job, "return_bytes", False):
+            return
+        bound = output_bytes_bound(job)
+        cap = settings.max_inline_bytes
+        if bound is not None and bound > cap:
+            raise ValidationFailed(f"base64: these outputs could take up to {bound} bytes inline; allowed: at most "
+                                   f"{cap} bytes; send base64: false to get URLs")
 
     async def check_for_model(app, gpu: str, job, wait: bool) -> None:
         if not isinstance(job, ImageJob):
@@ -147,16 +157,18 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             if (replay := await studio.tasks.replay(tenant, key, digest)) is not None:
                 return replay
         if req.webhook:
-            if not settings.has_webhook_secret(tenant):
+            if not await studio.has_webhook_secret(tenant):
                 raise ValidationFailed("webhook: no webhook signing secret is configured for your tenant")
             await check_webhook_destination(req.webhook, limits)
-        job = await build_job(app, req, tenant, "pending", limits, studio.registry.config.families[app.family])
-        await check_for_model(app, gpu, job, wait=True)
-        await enhance(req, job)
-        if studio.admission is not None:  # counted just before its record is written (ingress.tasks.quotas)
-            await studio.admission.check(tenant, req.batch, task=True)
-        job.request_id = new_task_id()  # after the inputs: a task's deadline counts from its id
-        return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
+        if studio.admission is not None:  # before any input is fetched (a refusal costs nothing)
+            await studio.admission.check(tenant, {"images": getattr(req, "batch", 1)}, task=True)
+        async with studio.images() as images:
+            job = await build_job(app, req, tenant, "pending", images, studio.registry.config.families[app.family])
+            await check_for_model(app, gpu, job, wait=True)
+            await enhance(req, job)
+            job.request_id = new_task_id()  # after the inputs: a task's deadline counts from its id
+            label_request(request, task_id=job.request_id, deployment=deployment_name(app.family, gpu))
+            return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
 
     def doc(route: str, model: type[GenerationRequest] | type[TextToSpeechRequest]) -> dict:
         apps = [a for a in studio.registry.config.apps if TASKS[a.task].route == route]
@@ -197,10 +209,11 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     return api
 
 
-async def _outputs(studio: Studio, result: Result) -> tuple[list[str], float | None]:
-    """Output URLs that expire, or inline data: URIs when the job asked for bytes."""
+async def _outputs(studio: Studio, result: Result, max_inline_bytes: int) -> tuple[list[str], float | None]:
+    """Output URLs that expire, or inline data: URIs when the job asked for bytes (and they fit the cap,
+    checked before the job ran and again here: past it, URLs)."""
     inline = [(o.content_type, o.data) for o in result.outputs if o.data is not None]
-    if len(inline) == len(result.outputs):
+    if len(inline) == len(result.outputs) and sum(len(data) for _, data in inline) <= max_inline_bytes:
         return [f"data:{kind};base64,{base64.b64encode(data).decode()}" for kind, data in inline], None
     expiry = studio.url_expiry_seconds
     urls = await asyncio.to_thread(lambda: [studio.store.url(o.key, expiry) for o in result.outputs])

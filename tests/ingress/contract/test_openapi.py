@@ -49,6 +49,7 @@ STATUSES = {
     ("post", "chat"): {200, 404, 429, 504, *ERRORS},
     ("post", "streamChat"): {200, 404, 429, 504, *ERRORS},
     ("post", "pdfVectorStore"): {200, 404, 429, 504, *ERRORS},
+    ("post", "listDocuments"): {200, 404, 401, 422, 500, 503},
     ("post", "getDocument"): {200, 404, 401, 422, 500, 503},
     ("post", "deleteDocument"): {200, 404, 401, 422, 500, 503},
 }
@@ -248,7 +249,7 @@ def tame(body: dict) -> None:
     body's shape: inputs must decode as images, a webhook needs a tenant secret and a
     public host, and strength × num_inference_steps must reach 1 (a product JSON Schema
     cannot state)."""
-    for field in ("image", "mask_url"):
+    for field in ("image", "mask_url", "bg_image"):
         if body.get(field):
             body[field] = PNG
     body.pop("webhook", None)

@@ -420,9 +420,9 @@ def test_admission_counts_against_the_tenant_quota(coordinator, monkeypatch):
     coordinator.settings = IngressSettings()
 
     async def go():
-        first = await coordinator.admit("t", 2, True)
-        second = await coordinator.admit("t", 1, True)
-        third = await coordinator.admit("t", 3, False)
+        first = await coordinator.admit("t", {"images": 2}, True)
+        second = await coordinator.admit("t", {"images": 1}, True)
+        third = await coordinator.admit("t", {"images": 3}, False)
         return first, second, third
 
     first, second, third = asyncio.run(go())
