@@ -68,9 +68,9 @@ class EmbeddingFamily:
     ):
         from sentence_transformers import SentenceTransformer
 
-        from deployments.replica_net import bind_replica_grpc_to_node_ip
+        from deployments.replica import prepare_replica
 
-        bind_replica_grpc_to_node_ip()  # Serve binds the replica's gRPC server to [::] otherwise
+        prepare_replica()
         if max_batch_size < 1 or batch_wait_timeout_s < 0 or max_text_chars < 1:
             raise ValueError("max_batch_size >= 1, batch_wait_timeout_s >= 0 and max_text_chars >= 1 are required")
         self.model_source = model_source

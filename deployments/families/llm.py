@@ -180,9 +180,9 @@ class LocalLLMFamily:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from deployments.loader import resolve_device, resolve_dtype
-        from deployments.replica_net import bind_replica_grpc_to_node_ip
+        from deployments.replica import prepare_replica
 
-        bind_replica_grpc_to_node_ip()
+        prepare_replica()
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         self.model_source = model_source

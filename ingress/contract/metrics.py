@@ -1,10 +1,12 @@
-"""Request metrics at the ingress: one ASGI middleware counts every API request by
-route template and status code, with the app, family, GPU type and tenant that
-the route handler named (:func:`label_request`), and the error type the error
-handlers named (:func:`label_error`)."""
+"""Request metrics and the request log at the ingress: one ASGI middleware counts every API
+request by route template and status code, with the app, family, GPU type and tenant that
+the route handler named (:func:`label_request`), and the error type the error handlers named
+(:func:`label_error`); and writes one structured line per request to the replica's log (tenant,
+app, deployment, task id, outcome, seconds; Serve adds its request id)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,7 +14,11 @@ from fastapi import Request
 
 from deployments.metrics import STUDIO_METRICS
 
+log = logging.getLogger("ingress.requests")
+
 _LABELS = "studio_metric_labels"
+#: Labels the request log line carries besides the tenant (``request_id`` is Serve's own, added to every line).
+_LOGGED = ("app_id", "family", "gpu", "deployment", "task_id")
 _ERROR = "studio_error_type"
 
 
@@ -48,8 +54,15 @@ class RequestMetrics:
             await self.app(scope, receive, sending)
         finally:
             template = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = template.removeprefix(self.prefix)
             state = scope.get("state") or {}
             labels = state.get(_LABELS, {})
-            STUDIO_METRICS.request(labels, template.removeprefix(self.prefix), code, time.perf_counter() - started)
-            if code >= 400 and labels.get("app_id"):
-                STUDIO_METRICS.failure(labels, state.get(_ERROR, "HTTPError"))
+            seconds = time.perf_counter() - started
+            STUDIO_METRICS.request(labels, route, code, seconds)
+            error = state.get(_ERROR, "HTTPError") if code >= 400 else None
+            if error is not None and labels.get("app_id"):
+                STUDIO_METRICS.failure(labels, error)
+            outcome = error or "OK"
+            log.info("%s %s %d %s", scope.get("method", ""), route, code, outcome, extra={
+                "route": route, "code": code, "outcome": outcome, "seconds": round(seconds, 4),
+                "tenant": state.get("tenant", ""), **{k: v for k, v in labels.items() if k in _LOGGED}})
