@@ -127,6 +127,14 @@ async def run_to_end(fn: Callable[..., T], *args: Any, stop: threading.Event | N
     ``max_ongoing_requests`` until that method returns (``_start_request`` in
     ``ray/serve/_private/replica.py``). ``asyncio.to_thread`` alone returns at once on
     cancellation while its thread keeps the CPU/GPU busy, so the slot would look free.
+
+    Serve holds the slot through this wait when it runs user code on the replica's own event
+    loop (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``, implied by
+    ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, which the launcher and the cluster set): the
+    cancellation is thrown into this coroutine and the method returns only after it. With
+    user code on a separate loop, Serve awaits it through ``asyncio.wrap_future``, whose
+    cancellation returns at once, so the slot is released early; the job lock still keeps
+    the next job from starting before the thread has ended.
     """
     work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
     try:
