@@ -173,7 +173,7 @@ def _abandon_then_small(service, base: Baseline, keys: list[str]) -> None:
 
 
 def test_a_sync_request_whose_client_leaves_stops_within_two_steps(service, baseline):
-    _abandon_then_small(service, baseline, [KEY_A])
+    _abandon_then_small(service, baseline, [KEY_B])  # the small requests are tenant A's
 
 
 def test_three_abandoned_requests_leave_no_work_behind(service, baseline):
