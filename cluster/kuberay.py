@@ -63,11 +63,12 @@ def _check_registry(serve_config: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
     from ingress.wiring.registry import ServiceConfig
+    from ingress.wiring.secrets import SECRETS_DIR_ARG
 
     for app in serve_config["applications"]:
         if app.get("import_path") == BUILDER:
             try:
-                ServiceConfig.model_validate(app["args"])
+                ServiceConfig.model_validate({k: v for k, v in app["args"].items() if k != SECRETS_DIR_ARG})
             except ValidationError as exc:
                 raise ProfileError(f"generated serveConfigV2 (application {app.get('name')!r}) is not a valid registry: "
                                    f"{exc.errors()[0]['msg']}") from None

@@ -1,14 +1,15 @@
 """The deployment profile (``k8s/profile.yaml``): what serve_config.yaml does not say
-about a Kubernetes cluster — image, namespace, node pools, secrets, ingress, weights."""
+about a Kubernetes cluster — image, namespace, node pools, secrets, network, ingress, weights."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from deployments.catalog import GPU_TYPES
 
@@ -16,6 +17,13 @@ from deployments.catalog import GPU_TYPES
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 #: A CPU or memory quantity ("4", "500m", "16Gi").
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+#: An image reference pinned by digest: ``repo[:tag]@sha256:<64 hex>`` (the digest is what runs).
+IMAGE_BY_DIGEST = (r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                   r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[a-f0-9]{64}$")
+#: Settings for tests only: a cluster refuses any value of theirs that is not false.
+TEST_ONLY_VARS = ("STUDIO_ALLOW_LOOPBACK_INPUTS",)
+#: RFC 1918 private ranges: the default place of the Kubernetes API server (its service and endpoints).
+RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
 class ProfileError(ValueError):
@@ -99,6 +107,72 @@ class Redis(_Strict):
     address: str = Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$", description="host:port of an external Redis")
     password_secret: SecretRef
 
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+class Pods(_Strict):
+    """Pods of a service, for NetworkPolicies: their labels and namespace (default: the profile's)."""
+
+    labels: dict[str, str] = Field(min_length=1)
+    namespace: str | None = Field(None, pattern=DNS_LABEL)
+
+
+class Endpoint(_Strict):
+    """Where a service the Ray pods call is: its pods, or address blocks (CIDRs); and its TCP ports
+    (none: the port of its address in the profile, for Redis and Qdrant)."""
+
+    cidrs: list[str] = Field(default_factory=list)
+    pods: Pods | None = None
+    ports: list[int] = Field(default_factory=list)
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR block: {exc}") from None
+        return cidrs
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, ports: list[int]) -> list[int]:
+        if not all(1 <= p <= 65535 for p in ports):
+            raise ValueError("ports are 1..65535")
+        return ports
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Endpoint:
+        if bool(self.cidrs) == (self.pods is not None):
+            raise ValueError("give exactly one of cidrs or pods")
+        return self
+
+
+class Network(_Strict):
+    """The addresses the NetworkPolicies' egress rules allow, besides the Ray pods themselves."""
+
+    object_store: Endpoint = Field(description="The S3 endpoint (e.g. the subnets of an S3 interface endpoint) "
+                                   "or in-cluster object store pods, and its ports.")
+    dns: Endpoint = Endpoint(pods=Pods(labels={"k8s-app": "kube-dns"}, namespace="kube-system"), ports=[53])
+    api_server: Endpoint = Field(
+        Endpoint(cidrs=list(RFC1918), ports=[443, 6443]),
+        description="The Kubernetes API server (the head's autoscaler calls it; the cpu pods never may).")
+    redis: Endpoint = Endpoint(pods=Pods(labels={"app.kubernetes.io/name": "redis"}))
+    qdrant: Endpoint = Endpoint(pods=Pods(labels={"app.kubernetes.io/name": "qdrant"}))
+    internet_ports: list[int] = Field(
+        [80, 443], description="Ports of public addresses the cpu pods may reach (client URLs, webhooks, "
+        "vendors); empty: every port.")
+
+    @model_validator(mode="after")
+    def _ports_given(self) -> Network:
+        for name in ("object_store", "dns", "api_server"):
+            if not getattr(self, name).ports:
+                raise ValueError(f"{name}.ports: give at least one port")
+        return self
+
 
 class SecretNames(_Strict):
     api_keys: str = Field(pattern=DNS_LABEL)
@@ -133,7 +207,10 @@ class Profile(_Strict):
 
     name: str = Field(pattern=DNS_LABEL, max_length=40)
     namespace: str = Field(pattern=DNS_LABEL)
-    image: str = Field(min_length=1)
+    image: str = Field(min_length=1, description="repo@sha256:<digest>: the image of every Ray container.")
+    autoscaler_image: str | None = Field(None, min_length=1, description="repo@sha256:<digest> of KubeRay's "
+                                         "autoscaler sidecar; default: image.")
+    allow_tag_images: bool = Field(False, description="Development only: accept images named by a tag alone.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     ray_version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
     serve_port: int = Field(8000, ge=1024, le=65535)
@@ -148,6 +225,7 @@ class Profile(_Strict):
         None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$",
         description="The Qdrant server of the document store. Required when serve_config.yaml has `documents`: "
         "Qdrant's local mode would keep the vectors on one pod's disk.")
+    network: Network
     ingress: IngressSpec
     operator_namespace: str = Field(pattern=DNS_LABEL)
     monitoring_namespace: str = Field(pattern=DNS_LABEL)
@@ -171,7 +249,31 @@ class Profile(_Strict):
                 raise ValueError(f"{name} is a secret: put it in a Secret (secrets:), not in serve_env")
             if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
                 raise ValueError(f"{name!r} is not an environment variable name")
+        refuse_test_only(env)
         return env
+
+    @model_validator(mode="after")
+    def _images_by_digest(self) -> Profile:
+        for field in ("image", "autoscaler_image"):
+            image = getattr(self, field)
+            if image is not None and not self.allow_tag_images and not re.fullmatch(IMAGE_BY_DIGEST, image):
+                raise ValueError(f"{field} {image!r} is not pinned by digest (repo@sha256:<64 hex>): a tag can be "
+                                 "moved to other contents; set allow_tag_images: true for development only")
+        return self
+
+
+def refuse_test_only(env: dict[str, Any], where: str = "serve_env") -> None:
+    """A cluster never runs with a tests-only setting on: any value that is not false is refused."""
+    for name in TEST_ONLY_VARS:
+        if name not in env:
+            continue
+        try:
+            on = TypeAdapter(bool).validate_python(str(env[name]).strip())
+        except ValidationError:
+            on = True
+        if on:
+            raise ValueError(f"{where}: {name}={env[name]!r} lets input URLs reach loopback addresses; it is for "
+                             "tests only and a cluster refuses it (remove it)")
 
 
 def _where(error: Any) -> str:

@@ -13,36 +13,21 @@ import pytest
 import yaml
 
 from cluster import kuberay
-from cluster.manifests import BUILDER, PLACEHOLDER, RAY_ENV
+from cluster.manifests import PLACEHOLDER, RAY_ENV
 from cluster.profile import ProfileError, load_profile
+from cluster.secret_files import SECRETS_DIR
 from deployments.catalog import GPU_TYPES
 from ingress.wiring.registry import ServiceConfig
-from ingress.wiring.secrets import SECRET_VARS
+from ingress.wiring.secrets import SECRETS_DIR_ARG
+from tests.cluster.conftest import ROOT, render_with
+from tests.cluster.conftest import builder_app as _app
 
-ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "kuberay"
 K8S_VERSION = "1.35.0"  # a recent Kubernetes whose schemas kubernetes_validate ships (strict: unknown fields fail)
 
 
-@pytest.fixture(scope="module")
-def files() -> dict[str, str]:
-    return kuberay.render(ROOT)
-
-
-@pytest.fixture(scope="module")
-def objects(files: dict[str, str]) -> dict[str, dict[str, Any]]:
-    return {p: yaml.safe_load(t) for p, t in files.items() if p.endswith(".yaml")}
-
-
-@pytest.fixture(scope="module")
-def rayservice(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    (service,) = [o for o in objects.values() if o["kind"] == "RayService"]
-    return service
-
-
-@pytest.fixture(scope="module")
-def serve_config(rayservice: dict[str, Any]) -> dict[str, Any]:
-    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+def _registry(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if k != SECRETS_DIR_ARG}
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +39,6 @@ def crd_validator() -> jsonschema.protocols.Validator:
     crd = yaml.load(crd_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
-
-
-def _app(config: dict[str, Any]) -> dict[str, Any]:
-    return next(a for a in config["applications"] if a["import_path"] == BUILDER)
 
 
 def _ray_containers(rayservice: dict[str, Any]) -> list[dict[str, Any]]:
@@ -173,9 +154,10 @@ def test_one_worker_group_per_gpu_pool(rayservice: dict[str, Any], serve_config:
 def test_serve_config_v2_is_the_repository_config_for_a_cluster(serve_config: dict[str, Any]) -> None:
     original = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app, source = _app(serve_config), _app(original)
-    ServiceConfig.model_validate(app["args"])
+    ServiceConfig.model_validate(_registry(app["args"]))
     assert serve_config["http_options"]["host"] == "0.0.0.0"
     assert app["args"]["models_dir"] == load_profile(ROOT / "k8s/profile.yaml").weights.mount_path
+    assert app["args"][SECRETS_DIR_ARG] == SECRETS_DIR  # the builder hands out files, not values
     unchanged = {k for k in source["args"] if k not in ("models_dir", "gpu_pools", "control_pool", "documents")}
     assert {k: app["args"][k] for k in unchanged} == {k: source["args"][k] for k in unchanged}
     # The document store: the profile's Qdrant server in place of local mode on one pod's disk, the rest as is.
@@ -189,7 +171,7 @@ def test_serve_config_v2_is_the_repository_config_for_a_cluster(serve_config: di
 
 def test_ingress_and_coordinator_land_on_the_cpu_group(rayservice: dict[str, Any], serve_config: dict[str, Any]) -> None:
     control = load_profile(ROOT / "k8s/profile.yaml").cpu_group.control_resource
-    config = ServiceConfig.model_validate(_app(serve_config)["args"])
+    config = ServiceConfig.model_validate(_registry(_app(serve_config)["args"]))
     # What builder.py merges into the ingress and `tasks` actor options.
     assert config.control_pool.actor_options() == {"num_cpus": 0, "resources": {control.name: 1}}
     cluster = rayservice["spec"]["rayClusterConfig"]
@@ -210,44 +192,19 @@ def test_control_resource_must_not_shadow_a_gpu_or_ray_resource(tmp_path: Path) 
             p["cpu_group"]["control_resource"]["name"] = name
 
         with pytest.raises(ProfileError, match="cpu_group.control_resource.name"):
-            _render_with(tmp_path, edit)
+            render_with(tmp_path, edit)
 
 
-def test_throughput_mode_on_every_ray_container(rayservice: dict[str, Any]) -> None:
+def test_throughput_mode_without_direct_ingress_on_every_ray_container(rayservice: dict[str, Any]) -> None:
     containers = _ray_containers(rayservice)
     assert len(containers) == 2 + len(GPU_TYPES)
     for container in containers:
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1", container["name"]
+        # Throughput mode would otherwise have each ingress replica serve the whole API on its own port.
+        assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0", container["name"]
         assert {k: env[k] for k in RAY_ENV} == RAY_ENV
     assert rayservice["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
-
-
-def test_no_secret_value_in_the_rayservice(rayservice: dict[str, Any], serve_config: dict[str, Any]) -> None:
-    text = json.dumps(rayservice)
-    assert PLACEHOLDER not in text and "whsec_" not in text
-    for container in _ray_containers(rayservice):
-        for env in container["env"]:
-            if env["name"] in SECRET_VARS and not env["name"].endswith("_FILE"):
-                assert "valueFrom" in env and "value" not in env, env["name"]
-    assert not set(SECRET_VARS) & set(_app(serve_config).get("runtime_env", {}).get("env_vars", {}))
-    redis = rayservice["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
-    assert set(redis["redisPassword"]) == {"valueFrom"}
-
-
-def test_secrets_reach_only_the_pods_that_read_them(rayservice: dict[str, Any]) -> None:
-    cluster = rayservice["spec"]["rayClusterConfig"]
-
-    def secrets_of(group: dict[str, Any]) -> set[str]:
-        return {v["secret"]["secretName"] for v in group["template"]["spec"]["volumes"] if "secret" in v} | {
-            e["valueFrom"]["secretKeyRef"]["name"] for c in group["template"]["spec"]["containers"]
-            for e in c["env"] if "valueFrom" in e}
-
-    assert secrets_of(cluster["headGroupSpec"]) == {"studio-api-keys", "studio-webhook-secrets", "studio-s3",
-                                                    "studio-vendors"}
-    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
-    assert secrets_of(groups.pop("cpu")) == {"studio-webhook-secrets"}
-    assert all(secrets_of(g) == set() for g in groups.values())
 
 
 def test_secret_templates_are_marked_and_apart(objects: dict[str, dict[str, Any]]) -> None:
@@ -262,7 +219,8 @@ def test_ingress_network_policy_and_metrics(objects: dict[str, dict[str, Any]], 
     by_kind = {o["kind"]: o for o in objects.values()}
     backend = by_kind["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == rayservice["spec"]["serveService"]["metadata"]["name"]
-    rules = by_kind["NetworkPolicy"]["spec"]["ingress"]
+    (policy,) = [o for o in objects.values() if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "studio-ray"]
+    rules = policy["spec"]["ingress"]
     from_ingress = next(r for r in rules if "namespaceSelector" in r["from"][0]
                         and r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "ingress-nginx")
     assert [p["port"] for p in from_ingress["ports"]] == [8000]
@@ -276,25 +234,17 @@ def test_ingress_network_policy_and_metrics(objects: dict[str, dict[str, Any]], 
 # --- profiles that are refused -------------------------------------------------------------------
 
 
-def _render_with(tmp_path: Path, edit: Any) -> dict[str, str]:
-    profile = yaml.safe_load((ROOT / "k8s/profile.yaml").read_text())
-    edit(profile)
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(profile))
-    return kuberay.render(ROOT, profile_path=path)
-
-
 def test_unknown_gpu_type_is_refused(tmp_path: Path) -> None:
     def add_t4(p: dict[str, Any]) -> None:
         p["gpu_pools"]["t4"] = p["gpu_pools"]["a10g"]
 
     with pytest.raises(ProfileError, match=r"gpu_pools: .*unknown GPU type 't4'"):
-        _render_with(tmp_path, add_t4)
+        render_with(tmp_path, add_t4)
 
 
 def test_missing_pool_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="no node pool for GPU type.* h100"):
-        _render_with(tmp_path, lambda p: p["gpu_pools"].pop("h100"))
+        render_with(tmp_path, lambda p: p["gpu_pools"].pop("h100"))
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -309,7 +259,7 @@ def test_bad_pool_is_refused(tmp_path: Path, field: str, value: Any, message: st
         p["gpu_pools"]["a100"][field] = value
 
     with pytest.raises(ProfileError, match=f"gpu_pools.a100.*{message}"):
-        _render_with(tmp_path, edit)
+        render_with(tmp_path, edit)
 
 
 def test_secret_in_serve_env_is_refused(tmp_path: Path) -> None:
@@ -317,7 +267,7 @@ def test_secret_in_serve_env_is_refused(tmp_path: Path) -> None:
         p["serve_env"]["STUDIO_STORAGE_S3_SECRET_ACCESS_KEY"] = "x"
 
     with pytest.raises(ProfileError, match="is a secret"):
-        _render_with(tmp_path, edit)
+        render_with(tmp_path, edit)
 
 
 def test_cli_names_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

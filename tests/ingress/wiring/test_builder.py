@@ -3,11 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ingress.wiring.builder import build_app, family_deployments
 from ingress.wiring.registry import ServiceConfig
-from ingress.wiring.secrets import Secrets
+from ingress.wiring.secrets import ROLE_FILES, SECRET_VARS, Secrets, key_digest
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -136,3 +137,114 @@ def test_each_deployment_gets_its_share_of_the_secrets(tmp_path, monkeypatch):
     assert holders == {"STUDIO_OPENAI_API_KEY": ["chat"], "STUDIO_TAVILY_API_KEY": ["chat"],
                        "STUDIO_ELEVENLABS_API_KEY": ["elevenlabs-a10g"], "STUDIO_QDRANT_API_KEY": ["documents"]}
     assert envs["chat"] == {"STUDIO_OPENAI_API_KEY": "sk-openai", "STUDIO_TAVILY_API_KEY": "tvly-key"}
+
+
+# --- a cluster: secrets are files on the pods; the Serve config holds only their paths -----------------
+
+GENERATED = ROOT / "k8s" / "generated" / "20-rayservice.yaml"
+#: Distinct values a cluster's Secrets would hold; none may appear in what Serve stores.
+CLUSTER_SECRETS = {
+    "api-keys.json": json.dumps({"sk-cluster-api-key-1": "acme"}),
+    "webhook-secrets.json": json.dumps({"acme": "whsec_Y2x1c3Rlci13ZWJob29r"}),
+    "STUDIO_STORAGE_S3_ACCESS_KEY_ID": "AKIA-CLUSTER-ID", "STUDIO_STORAGE_S3_SECRET_ACCESS_KEY": "s3-cluster-secret",
+    "STUDIO_OPENAI_API_KEY": "sk-openai-cluster", "STUDIO_TAVILY_API_KEY": "tvly-cluster",
+    "STUDIO_ELEVENLABS_API_KEY": "xi-cluster", "STUDIO_QDRANT_API_KEY": "qdrant-cluster",
+}
+
+
+def _cluster_args() -> dict:
+    """The registry args of the committed KubeRay manifest's serveConfigV2."""
+    service = yaml.safe_load(GENERATED.read_text())
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    return next(a for a in config["applications"] if a["import_path"] == "ingress.wiring.builder:build_app")["args"]
+
+
+def _built_cluster_app(monkeypatch, secrets_dir: Path | None = None):
+    """Serve's own build of the cluster app (what the controller stores): every deployment, handles in place."""
+    from ray.serve._private.build_app import build_app as serve_build
+
+    for name in SECRET_VARS:
+        monkeypatch.delenv(name, raising=False)
+    args = _cluster_args() if secrets_dir is None else {**_cluster_args(), "secrets_dir": str(secrets_dir)}
+    return serve_build(build_app(args), name="studio").deployments
+
+
+def _write_role_dirs(root: Path) -> None:
+    """Each role's directory as the pods mount it, with CLUSTER_SECRETS' values."""
+    for role, files in ROLE_FILES.items():
+        (root / role).mkdir(parents=True)
+        for name in files:
+            (root / role / name).write_text(CLUSTER_SECRETS.get(name, f"{name.lower()}-cluster-value"))
+
+
+def _secret_needles() -> list[str]:
+    needles = [v for name, v in CLUSTER_SECRETS.items() if not name.endswith(".json")]
+    needles += [f"{name.lower()}-cluster-value" for files in ROLE_FILES.values() for name in files
+                if name not in CLUSTER_SECRETS]
+    needles += ["sk-cluster-api-key-1", key_digest("sk-cluster-api-key-1"), "whsec_Y2x1c3Rlci13ZWJob29r"]
+    return needles
+
+
+def test_a_cluster_build_holds_no_secret_value(monkeypatch, tmp_path):
+    """Every deployment's options, init arguments and the exact bytes Serve's controller checkpoints
+    (replica and deployment config protos) hold no secret, even with the secret files readable by
+    the builder's process."""
+    root = tmp_path / "secrets"
+    _write_role_dirs(root)
+    deployments = _built_cluster_app(monkeypatch, root)
+    assert {d.name for d in deployments} >= {"ingress", "tasks", "chat", "documents", *DEPLOYMENTS}
+    for d in deployments:
+        stored = d._replica_config.to_proto_bytes() + d._deployment_config.to_proto_bytes()
+        text = repr((d.ray_actor_options, d.init_args, d.init_kwargs, d._deployment_config))
+        for needle in _secret_needles():
+            assert needle.encode() not in stored and needle not in text, (d.name, needle)
+        env = d.ray_actor_options["runtime_env"]["env_vars"]
+        assert not set(env) & (set(SECRET_VARS) - {"STUDIO_API_KEYS_FILE", "STUDIO_WEBHOOK_SECRETS_FILE"}), d.name
+        assert all(Path(value).is_relative_to(root) for value in env.values()), (d.name, env)
+
+
+def test_a_cluster_build_tells_each_deployment_its_own_role_directory(monkeypatch):
+    deployments = {d.name: d.ray_actor_options["runtime_env"]["env_vars"] for d in _built_cluster_app(monkeypatch)}
+    root = _cluster_args()["secrets_dir"]
+    assert deployments.pop("ingress") == {"STUDIO_SECRETS_DIR": f"{root}/ingress",
+                                          "STUDIO_API_KEYS_FILE": f"{root}/ingress/api-keys.json"}
+    assert deployments.pop("tasks") == {"STUDIO_SECRETS_DIR": f"{root}/coordinator",
+                                        "STUDIO_WEBHOOK_SECRETS_FILE": f"{root}/coordinator/webhook-secrets.json"}
+    assert deployments.pop("chat") == {"STUDIO_SECRETS_DIR": f"{root}/chat"}
+    assert deployments.pop("documents") == {"STUDIO_SECRETS_DIR": f"{root}/documents"}
+    assert deployments.pop("elevenlabs-a10g") == {"STUDIO_SECRETS_DIR": f"{root}/speech-vendor"}
+    assert deployments and all(env == {"STUDIO_SECRETS_DIR": f"{root}/family"} for env in deployments.values())
+    # No webhook tenant list in a cluster: the builder cannot read the secrets to know it.
+    assert all("STUDIO_WEBHOOK_TENANTS" not in env and "STUDIO_API_KEY_DIGESTS" not in env for env in deployments.values())
+
+
+def test_each_deployment_finds_its_directory_mounted_where_it_runs(monkeypatch):
+    """The builder's paths and the manifests' mounts agree: a deployment pinned to a GPU type runs on that
+    group, one on the control resource on the cpu group; its directory and files are mounted there."""
+    service = yaml.safe_load(GENERATED.read_text())
+    mounts = {}
+    for group in [*service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        mounts[group["groupName"]] = {m["mountPath"] for m in container["volumeMounts"]}
+    control = next(iter(_cluster_args()["control_pool"]["resources"]))
+    for d in _built_cluster_app(monkeypatch):
+        (resource,) = d.ray_actor_options["resources"]
+        group = "cpu" if resource == control else resource
+        env = d.ray_actor_options["runtime_env"]["env_vars"]
+        assert env["STUDIO_SECRETS_DIR"] in mounts[group], (d.name, group)
+        for name, path in env.items():
+            if name.endswith("_FILE"):
+                role = Path(path).parent.name
+                assert Path(path).parent.as_posix() in mounts[group] and Path(path).name in ROLE_FILES[role]
+
+
+def test_a_cluster_build_refuses_secrets_in_the_builders_environment(monkeypatch):
+    monkeypatch.setenv("STUDIO_OPENAI_API_KEY", "sk-on-the-head")
+    with pytest.raises(ValueError, match="secrets_dir is set, yet the builder was given STUDIO_OPENAI_API_KEY") as info:
+        build_app(_cluster_args())
+    assert "sk-on-the-head" not in str(info.value)
+    monkeypatch.delenv("STUDIO_OPENAI_API_KEY")
+    with pytest.raises(ValueError, match="STUDIO_API_KEYS"):
+        build_app(_cluster_args(), secrets=Secrets.read({"STUDIO_API_KEYS": json.dumps({"k": "acme"})}))
+    with pytest.raises(ValueError, match="absolute path"):
+        build_app({**_cluster_args(), "secrets_dir": "relative/dir"})

@@ -152,11 +152,14 @@ def test_routing_picks_files_in_a_cluster_and_values_otherwise():
 
 
 def test_the_document_store_gives_qdrant_the_key_of_its_file(tmp_path, monkeypatch):
+    import qdrant_client
+
     from deployments.documents.vectors import VectorIndex
 
+    made: list[dict] = []
+    monkeypatch.setattr(qdrant_client, "QdrantClient", lambda **kwargs: made.append(kwargs))  # no connection
     monkeypatch.delenv("STUDIO_QDRANT_API_KEY", raising=False)
     documents = _mounted_like_kubernetes(tmp_path / "documents", {"STUDIO_QDRANT_API_KEY": "qdrant-file"})
     monkeypatch.setenv("STUDIO_SECRETS_DIR", str(documents))
-    with pytest.warns(UserWarning, match="insecure connection"):  # no request is made: the client is lazy
-        index = VectorIndex(url="http://127.0.0.1:9")
-    assert index.client._client._rest_headers["api-key"] == "qdrant-file"
+    VectorIndex(url="http://qdrant:6333")
+    assert made[-1]["api_key"] == "qdrant-file" and made[-1]["url"] == "http://qdrant:6333"
