@@ -1,4 +1,5 @@
-"""The worker image's Dockerfile (not built here): its base, torch pin, sources and user."""
+"""The worker image's Dockerfile (not built here): its base pinned by digest, uv checked by its hash
+(never piped into a shell), torch pin, sources and user."""
 
 from __future__ import annotations
 
@@ -26,10 +27,30 @@ def _args(lines: list[str]) -> dict[str, str]:
     return found
 
 
-def test_base_is_a_cuda_runtime_image(lines: list[str]) -> None:
+def test_base_is_a_cuda_runtime_image_pinned_by_a_required_digest(lines: list[str]) -> None:
     base = _args(lines)["CUDA_IMAGE"]
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.04", base), base
-    assert lines[lines.index("FROM ${CUDA_IMAGE} AS runtime") - 1].startswith("ARG CUDA_IMAGE=")
+    at = lines.index("FROM ${CUDA_IMAGE}@${CUDA_DIGEST} AS runtime")
+    assert lines[at - 1] == "ARG CUDA_DIGEST"  # no default: a build without a digest fails
+    assert lines[at - 2].startswith("ARG CUDA_IMAGE=")
+    stages: set[str] = set()
+    for line in (line for line in lines if line.startswith("FROM ")):
+        image, _, stage = line.split()[1:4]
+        assert image in stages or "@" in image, f"{line}: an external base must be pinned by digest"
+        stages.add(stage)
+
+
+def test_no_script_is_piped_into_a_shell_and_uv_is_checked(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    assert not re.search(r"\|\s*(env\s+\S+=\S+\s+)?(sh|bash|zsh|dash)\b", text), "a download piped into a shell"
+    assert "curl" not in text
+    args = _args(lines)
+    assert re.fullmatch(r"[0-9a-f]{64}", args["UV_WHEEL_SHA256"])
+    assert args["UV_WHEEL_URL"].startswith("https://files.pythonhosted.org/")
+    assert f"uv-{args['UV_VERSION']}-" in args["UV_WHEEL_URL"]
+    install = next(line for line in lines if "${UV_WHEEL_URL}" in line)
+    download, check, unpack = (install.index(s) for s in ('"${UV_WHEEL_URL}"', "sha256sum --check", "unzip -j"))
+    assert download < check < unpack < install.index("uv python install"), "uv runs only after its hash matched"
 
 
 def test_python_and_torch_follow_pyproject(lines: list[str]) -> None:
@@ -64,7 +85,8 @@ def test_runs_as_the_pods_non_root_user_without_baked_weights(lines: list[str]) 
     assert users == ["USER 1000:1000"]
     assert lines[-1] == "FROM runtime AS serve", "the default (last) stage must not bake weights"
     stages = [line for line in lines if line.startswith("FROM ")]
-    assert stages == ["FROM ${CUDA_IMAGE} AS runtime", "FROM runtime AS with-weights", "FROM runtime AS serve"]
+    assert stages == ["FROM ${CUDA_IMAGE}@${CUDA_DIGEST} AS runtime", "FROM runtime AS with-weights",
+                      "FROM runtime AS serve"]
 
 
 def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
