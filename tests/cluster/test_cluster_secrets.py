@@ -42,6 +42,7 @@ def test_no_container_has_a_secret_in_its_environment(rayservice: dict[str, Any]
             assert var["name"] not in SECRET_VARS and "valueFrom" not in var, var
     for container in [*(c for g in groups(rayservice).values() for c in _all_containers(g)), options]:
         assert "envFrom" not in container
+    assert PLACEHOLDER not in json.dumps(rayservice)  # the Secret templates' values appear nowhere else
 
 
 def test_the_head_mounts_no_secret(rayservice: dict[str, Any]) -> None:
