@@ -21,6 +21,8 @@ from tests.support.service import LocalService
 KEY_A, KEY_B, KEY_C = "sk-test-tenant-a", "sk-test-tenant-b", "sk-test-tenant-c"
 KEY_Q = "sk-test-tenant-q"  # tenant-q has tight quotas
 QUOTA_TASKS, QUOTA_IMAGES_PER_MINUTE = 2, 3
+KEY_R = "sk-test-tenant-r"  # tenant-r has tight request limits (tests/e2e/test_limits.py)
+LIMITS_R = {"requests_per_minute": 8, "concurrent_requests": 2, "chat_tokens_per_minute": 4000, "body_idle_seconds": 3}
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 WEBHOOK_SECRET_C = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
 
@@ -45,16 +47,18 @@ def service(tmp_path_factory, vendors, elevenlabs):
     svc = LocalService(
         tmp,
         e2e_config(tmp),
-        keys={KEY_A: "tenant-a", KEY_B: "tenant-b", KEY_C: "tenant-c", KEY_Q: "tenant-q"},
+        keys={KEY_A: "tenant-a", KEY_B: "tenant-b", KEY_C: "tenant-c", KEY_Q: "tenant-q", KEY_R: "tenant-r"},
         env={
             "STUDIO_ALLOW_LOOPBACK_INPUTS": "true",
             "STUDIO_RETRY_AFTER_SECONDS": "3",
             "STUDIO_WEBHOOK_SECRETS": json.dumps({"tenant-a": WEBHOOK_SECRET, "tenant-c": WEBHOOK_SECRET_C}),
             "STUDIO_WEBHOOK_MAX_ATTEMPTS": "3",
             "STUDIO_WEBHOOK_BASE_DELAY_SECONDS": "0.2",
-            "STUDIO_TENANT_QUOTAS": json.dumps(
-                {"tenant-q": {"max_tasks": QUOTA_TASKS, "images_per_minute": QUOTA_IMAGES_PER_MINUTE}}
-            ),
+            "STUDIO_TENANT_QUOTAS": json.dumps({
+                "tenant-q": {"max_tasks": QUOTA_TASKS, "images_per_minute": QUOTA_IMAGES_PER_MINUTE},
+                "tenant-r": {k: v for k, v in LIMITS_R.items() if k != "body_idle_seconds"},
+            }),
+            "STUDIO_BODY_IDLE_SECONDS": str(LIMITS_R["body_idle_seconds"]),
             **vendors.env(),
             "STUDIO_ELEVENLABS_BASE_URL": elevenlabs.base_url,
             "STUDIO_ELEVENLABS_API_KEY": elevenlabs.api_key,

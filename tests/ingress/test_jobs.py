@@ -128,6 +128,44 @@ def test_upscale_job_refuses_an_output_over_the_cap_naming_it():
     assert job.scale == 4 and job.image.size == (33, 17)  # the app's default factor
 
 
+def test_what_the_header_refuses_costs_no_decoding(monkeypatch):
+    """A refused scale, or a size the app cannot take, is known from the image's header: nothing is decoded."""
+    async def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before every cheap check passed")
+
+    monkeypatch.setattr(ImageLoader, "decode", no_decoding)
+    req = ImageToImageRequest(app_id="ap-u", image=_b64((512, 256)), scale=8)
+    with pytest.raises(ValidationFailed, match="^scale: "):
+        asyncio.run(build_job(UPSCALE, req, "t", "r", ImageLoader(FetchLimits()), _family(max_output_pixels=4096)))
+    with pytest.raises(ValidationFailed, match="^height: "):
+        _job(SDXL, (3000, 200), width=1024)
+
+
+def test_two_inputs_are_decoded_one_after_the_other_each_to_the_size_used():
+    sizes: list[tuple[int, int] | None] = []
+    real = ImageLoader.decode
+    active = 0
+
+    async def tracked(self, image, size=None, *args, **kwargs):
+        nonlocal active
+        active += 1
+        assert active == 1  # never two decodes of one request at once
+        sizes.append(size)
+        try:
+            return await real(self, image, size, *args, **kwargs)
+        finally:
+            active -= 1
+
+    inpaint = AppConfig(app_id="ap-i", name="i", family="f", task="inpaint", inference_types=["a10g"])
+    mask = _b64((2000, 1000))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ImageLoader, "decode", tracked)
+        job = asyncio.run(build_job(inpaint, ImageToImageRequest(app_id="ap-i", image=_b64((2000, 1000)),
+                                                                 mask_url=mask), "t", "r", ImageLoader(FetchLimits())))
+    assert sizes == [(1536, 768), (1536, 768)] and job.image.size == job.mask.size == (1536, 768)
+    assert job.mask.mode == "L"
+
+
 def test_avatar_job_fills_the_gender_word_and_keeps_a_custom_prompt():
     job = _job(AVATAR, (300, 300), gender="female", bg_color="#fff", remove_background=True)
     assert "portrait woman," in job.prompt and "{gender_word}" not in job.prompt
