@@ -61,12 +61,13 @@ class _Chat:
 
 class _Documents:
     def __init__(self):
-        async def store(tenant, data):
+        async def store(tenant, data, name=None):
             assert data.startswith(b"%PDF-")
-            return {"id": "d" * 32, "chunks": 3, "pages": 2, "characters": 1234}
+            return {"id": "d" * 32, "chunks": 3, "pages": 2, "characters": 1234, "name": name, "size": len(data)}
 
         async def get(tenant, doc):
-            return {"id": doc, "chunks": 3, "pages": 2} if (tenant, doc) == ("tenant-a", "d" * 32) else None
+            found = {"id": doc, "name": "a.pdf", "size": 9, "chunks": 3, "pages": 2, "created": "2025-01-31T12:00:00Z"}
+            return found if (tenant, doc) == ("tenant-a", "d" * 32) else None
 
         async def delete(tenant, doc):
             return (tenant, doc) == ("tenant-a", "d" * 32)
@@ -161,7 +162,8 @@ def test_document_routes():
     client = _client(_Chat(), _Documents())
     r = client.post(f"{PREFIX}/pdfVectorStore", headers=AUTH, json={"url": _pdf_uri(b"%PDF-1.7 ...")})
     assert r.status_code == 200 and r.json()["output"] == {"id": "d" * 32, "chunks": 3}
-    assert r.json()["input"] == {"url": "data:application/pdf;base64,..."} and r.json()["meta"]["pages"] == 2
+    assert r.json()["input"] == {"url": "data:application/pdf;base64,...", "name": None}
+    assert r.json()["meta"]["pages"] == 2 and r.json()["meta"]["name"] == "document.pdf"
     r = client.post(f"{PREFIX}/pdfVectorStore", headers=AUTH, json={"url": _pdf_uri(b"GIF89a...")})
     assert r.status_code == 422 and r.json()["error_data"].startswith("url: the document is not a PDF")
     r = client.post(f"{PREFIX}/pdfVectorStore", headers=AUTH, json={"url": "http://127.0.0.1:9/a.pdf"})
@@ -171,7 +173,8 @@ def test_document_routes():
     assert client.post(f"{PREFIX}/getDocument", headers=AUTH, json={"id": "d" * 32}).json()["output"]["chunks"] == 3
     unknown = client.post(f"{PREFIX}/getDocument", headers=AUTH, json={"id": "f" * 32})
     assert unknown.status_code == 404 and unknown.json()["error"] == "NotFound"
-    assert client.post(f"{PREFIX}/deleteDocument", headers=AUTH, json={"id": "f" * 32}).status_code == 404
+    gone = client.post(f"{PREFIX}/deleteDocument", headers=AUTH, json={"id": "f" * 32})  # idempotent: not a 404
+    assert gone.status_code == 200 and gone.json()["output"] == {"id": "f" * 32, "deleted": False}
     assert client.post(f"{PREFIX}/deleteDocument", headers=AUTH, json={"id": "d" * 32}).json()["output"]["deleted"]
     r = client.post(f"{PREFIX}/getDocument", headers=AUTH, json={"id": "../../etc"})
     assert r.status_code == 422 and r.json()["error_data"].startswith("id:")
