@@ -20,10 +20,12 @@ GCS_PORT, CLIENT_PORT = 6379, 10001
 UID = GID = 1000  # the image's user (Dockerfile)
 #: Environment of every Ray container: Serve's proxy and controller read these at start
 #: (ingress/wiring/local.py sets the same for the embedded run). Throughput mode, without its
-#: direct ingress (each ingress replica serving the whole API on its own port beside the proxy).
+#: direct ingress (each ingress replica serving the whole API on its own port beside the proxy), and
+#: with user code on each replica's own loop (a cancelled job's slot stays busy until its thread ends).
 RAY_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_LOG_TO_STDERR": "0",
 }
 #: Writable emptyDirs over the read-only root: Ray's session directory (logs, sockets, runtime

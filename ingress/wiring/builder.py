@@ -32,6 +32,12 @@ def family_class(kind: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+#: The ingress decodes user images (ingress.inputs.decoding): glibc serves large allocations from mmap at a fixed
+#: threshold, so the memory of a decoded picture goes back to the system when it is freed instead of staying in
+#: a thread's malloc arena (without it, RSS stayed ~2 GB after eight 40 MP decodes).
+INGRESS_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def _with_env(actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     return {**actor_options, "runtime_env": {"env_vars": env}} if env else actor_options
 
@@ -170,7 +176,7 @@ def build_app(args: dict[str, Any], secrets: Secrets | None = None) -> Applicati
     )(TaskCoordinator).bind(families, coordinator_view(config))
     ingress = serve.deployment(
         name="ingress",
-        ray_actor_options=_with_env(config.control_pool.actor_options(), shares.for_ingress()),
+        ray_actor_options=_with_env(config.control_pool.actor_options(), {**INGRESS_ENV, **shares.for_ingress()}),
         **config.ingress.serve_options(),
     )(serve.ingress()(StudioIngress))
     return ingress.bind(config.model_dump(mode="json"), families, coordinator, services)

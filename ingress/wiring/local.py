@@ -43,7 +43,10 @@ METRICS_REPORT_INTERVAL_MS = "2000"
 #: override; and always without the "direct ingress" that mode turns on (each ingress replica serving the
 #: whole API on a port of its own, 30000-31000, beside the proxy). cluster/manifests.py sets the same.
 THROUGHPUT_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-NO_DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+#: Forced whatever the environment says: no direct ingress (each ingress replica serving the whole API on a
+#: port of its own); user code on the replica's own event loop, so that a cancelled job's replica slot stays
+#: busy until its model thread has ended (deployments/families/base.py, run_to_end).
+NO_DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 log = logging.getLogger("ingress.wiring.local")
 
 

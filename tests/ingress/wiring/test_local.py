@@ -23,7 +23,11 @@ def test_the_default_config_is_the_repositorys_serve_config():
 def test_the_launcher_starts_ray_in_throughput_mode_without_direct_ingress(tmp_path, monkeypatch):
     """Throughput mode turns on Serve's direct ingress (each ingress replica serving the whole API on a
     port of its own beside the proxy): the environment that starts Ray turns it off, whatever it held."""
-    assert serve_process_env({}) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    assert serve_process_env({}) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+                                     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    # User code on the replica's own loop even outside throughput mode: a cancelled job's slot stays busy
+    # until its thread ended (deployments/families/base.py).
+    assert serve_process_env({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"})["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert serve_process_env({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"})["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
     assert serve_process_env({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"})["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
     # What up() puts in its environment reaches every replica's shared runtime env too.
