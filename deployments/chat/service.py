@@ -6,7 +6,8 @@ LLM vendors' and Tavily's keys. For a :class:`~deployments.chat.messages.ChatJob
 
 1. runs the tools: ``DBSearch`` asks the document store for the passages of the tenant's
    ``pdf_references`` nearest the last user turn; ``InternetSearch`` asks Tavily;
-2. gives the passages to the model in the system message, numbered, and asks it to cite them;
+2. gives the passages to the model as quoted, untrusted data: fenced and escaped in a user message
+   of their own before the last user turn, never in the system message (:mod:`.passages`);
 3. streams the provider's reply: a :class:`Retrieved` event first (when a tool ran), then
    :class:`TextDelta` pieces, then one :class:`Usage`.
 
@@ -33,48 +34,11 @@ from deployments.chat.messages import (
     TextDelta,
     Usage,
 )
+from deployments.chat.passages import fit, system_message, with_passages
 from deployments.errors import InvalidJobError, JobError, VendorError
 from deployments.vendors import VendorSettings
 
 logger = logging.getLogger(__name__)
-
-#: Characters of retrieved text given to the model at most (passages beyond are dropped).
-MAX_CONTEXT_CHARS = 24_000
-_CONTEXT_RULES = (
-    "Answer the user's last message. Use the numbered passages below when they are relevant and cite them "
-    "as [n]; if they do not contain the answer, say so rather than guess."
-)
-
-
-def _entry(n: int, source: Source) -> str:
-    where = (f"document {source.document_id}, page {source.page}" if source.kind == "document"
-             else f"{source.title or 'web page'} <{source.url}>")
-    return f"[{n}] ({where})\n{source.text.strip()}"
-
-
-def fit_context(sources: tuple[Source, ...]) -> tuple[Source, ...]:
-    """The passages that fit in ``MAX_CONTEXT_CHARS``, in order: what the model is given, and so
-    what the client is told it was given."""
-    kept: list[Source] = []
-    used = 0
-    for n, source in enumerate(sources, 1):
-        size = len(_entry(n, source))
-        if used + size > MAX_CONTEXT_CHARS:
-            break
-        kept.append(source)
-        used += size
-    return tuple(kept)
-
-
-def context_message(system: str | None, sources: tuple[Source, ...]) -> str | None:
-    """The system message with the retrieved passages that fit appended (``system`` alone when none)."""
-    lines = [_entry(n, source) for n, source in enumerate(fit_context(sources), 1)]
-    if not lines:
-        return system
-    parts = [system.strip()] if system and system.strip() else []
-    parts += [_CONTEXT_RULES, "\n\n".join(lines)]
-    return "\n\n".join(parts)
-
 
 def _job_error(exc: BaseException) -> JobError | None:
     """A deployment's own error in an exception from a handle call (wrapped by Ray, or as raised)."""
@@ -122,10 +86,16 @@ class ChatService:
         self.vendors = vendors if vendors is not None else VendorSettings()
         self._providers: dict[str, Any] = {}
         self._search: Any = None
+        self._closed = False
+        # Ray Serve awaits the replica's ``__del__`` when it stops it (an ``async def`` is awaited);
+        # an instance attribute, so that Python's garbage collector, which cannot await, never calls it.
+        self.__del__ = self.aclose
 
     # -- providers and tools -------------------------------------------------
     def provider(self, name: str) -> Any:
         """The adapter for ``llm`` = ``name`` (made once per replica)."""
+        if self._closed:
+            raise VendorError(name, "unavailable", "this replica is stopping")
         if name not in self._providers:
             if name == "Local":
                 if self.local_llm is None:
@@ -141,7 +111,16 @@ class ChatService:
                 self._providers[name] = cls(endpoint)
         return self._providers[name]
 
+    async def providers_with_keys(self) -> list[str]:
+        """The vendor providers (``llm`` values) whose API key this replica holds — names, never keys: the
+        ingress asks, so that a request for a provider without one is refused before its images are decoded."""
+        from deployments.chat.providers import PROVIDERS
+
+        return sorted(name for name, cls in PROVIDERS.items() if self.vendors.endpoint(cls.vendor).api_key)
+
     def web_search(self) -> Any:
+        if self._closed:
+            raise VendorError("Tavily", "unavailable", "this replica is stopping")
         if self._search is None:
             from deployments.chat.search import WebSearch
 
@@ -173,11 +152,12 @@ class ChatService:
     # -- the calls -----------------------------------------------------------
     async def stream(self, job: ChatJob) -> AsyncGenerator[ChatEvent | Retrieved, None]:
         """Retrieved passages (when a tool ran), the reply's pieces, then its usage."""
-        sources = fit_context(await self.retrieve(job))
+        sources = fit(await self.retrieve(job))  # what the model is given is what the client is told
         if job.documents or job.internet_search:
             yield Retrieved(sources)
-        call = ProviderCall(model=job.model, system=context_message(job.system, sources), turns=job.turns,
-                            temperature=job.temperature, max_tokens=job.max_tokens)
+        call = ProviderCall(model=job.model, system=system_message(job.system, sources),
+                            turns=with_passages(job.turns, sources), temperature=job.temperature,
+                            max_tokens=job.max_tokens)
         provider = self.provider(job.provider)
         usage_seen = False
         async with aclosing(provider.stream(call)) as events:
@@ -217,6 +197,30 @@ class ChatService:
         if not text:
             raise VendorError(provider, "rejected", "the model returned an empty prompt")
         return ChatReply(text, reply.usage)
+
+    async def aclose(self) -> None:
+        """Close every SDK client this replica opened (each vendor's HTTP connection pool); later calls
+        do nothing. Serve calls this as ``__del__`` when the replica stops, after its requests drained."""
+        if self._closed:
+            return
+        self._closed = True
+        clients = [*self._providers.values(), *([self._search] if self._search is not None else [])]
+        self._providers.clear()
+        self._search = None
+        for client in clients:
+            close = getattr(client, "aclose", None)  # the Local provider holds a handle, no connection
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:  # one client failing to close must not keep the others open
+                logger.warning("closing a vendor client failed", exc_info=True,
+                               extra={"vendor": getattr(client, "name", type(client).__name__)})
+        logger.info("chat service closed", extra={"clients": len(clients)})
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def check_health(self) -> None:
         """Nothing to load: healthy while the replica answers."""

@@ -1,7 +1,8 @@
 """The chat service in process: tools run before the provider, their passages reach the model
-numbered in the system message and come back as a ``Retrieved`` event, the stream ends with one
-``Usage``, a missing key is refused before any call, prompt enhancement, and the Local provider's
-errors through a handle."""
+fenced in a user message of their own (never the system message) and come back as a ``Retrieved``
+event, the stream ends with one ``Usage``, a missing key is refused before any call, prompt
+enhancement, the Local provider's errors through a handle, and the SDK clients closed when the
+replica stops. (The fencing itself, against injections: ``test_passages.py``.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import asyncio
 import pytest
 
 from deployments.chat.messages import ChatJob, ChatTurn, Retrieved, Source, TextDelta, Usage
-from deployments.chat.service import MAX_CONTEXT_CHARS, ChatService, LocalProvider, context_message, fit_context
+from deployments.chat.passages import MAX_CONTEXT_CHARS, PASSAGE_RULE, fit, passages_message, system_message
+from deployments.chat.service import ChatService, LocalProvider
 from deployments.errors import DocumentNotFound, InvalidJobError, VendorError
 from deployments.vendors import VendorSettings
 from tests.support.fakes.llm_vendors import FakeVendors
@@ -69,9 +71,12 @@ def test_db_search_passages_reach_the_model_and_the_client(fake):
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "echo: where do penguins nest?"
     assert isinstance(events[-1], Usage) and sum(isinstance(e, Usage) for e in events) == 1
     assert docs.calls == [("tenant-a", ("doc1",), "where do penguins nest?", 3)]
-    system = fake.requests("openai")[0].body["messages"][0]
-    assert system["role"] == "system" and "Be brief." in system["content"]
-    assert "[1] (document doc1, page 3)\nPenguins nest on volcanic rock." in system["content"]
+    messages = fake.requests("openai")[0].body["messages"]
+    assert messages[0] == {"role": "system", "content": f"Be brief.\n\n{PASSAGE_RULE}"}
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert '<passage n="1" source="document doc1, page 3">\nPenguins nest on volcanic rock.\n</passage>' in (
+        messages[1]["content"])
+    assert messages[-1] == {"role": "user", "content": "where do penguins nest?"}
 
 
 def test_another_tenants_document_is_unknown(fake):
@@ -87,7 +92,9 @@ def test_web_search_then_the_model(fake):
     service = ChatService(vendors=_settings(fake))
     reply = asyncio.run(service.chat(_job(internet_search=True)))
     assert reply.sources and all(s.kind == "web" for s in reply.sources)
-    assert fake.requests("tavily") and "<http" in fake.requests("openai")[0].body["messages"][0]["content"]
+    messages = fake.requests("openai")[0].body["messages"]
+    assert fake.requests("tavily") and "&lt;https://example.com/" in messages[1]["content"]
+    assert "example.com" not in messages[0]["content"]  # the system message holds no passage
     assert reply.usage.completion_tokens == 5
 
 
@@ -112,12 +119,12 @@ def test_enhance_returns_one_clean_line(fake):
 
 
 def test_context_is_bounded_and_absent_without_sources():
-    assert context_message("sys", ()) == "sys"
+    assert system_message("sys", ()) == "sys" and system_message(None, ()) is None
     many = tuple(Source(kind="document", text="x" * 5000, document_id="d", page=1) for _ in range(20))
-    text = context_message(None, many)
-    assert text is not None and len(text) <= MAX_CONTEXT_CHARS + 500 and "[4]" in text and "[6]" not in text
-    kept = fit_context(many)  # what the client is told the model saw: exactly the passages in the text
-    assert 4 <= len(kept) < 6 and f"[{len(kept)}]" in text and f"[{len(kept) + 1}]" not in text
+    kept = fit(many)  # what the client is told the model saw: exactly the passages in the message
+    text = passages_message(kept)
+    assert len(text) <= MAX_CONTEXT_CHARS + 500 and 4 <= len(kept) < 6
+    assert f'<passage n="{len(kept)}"' in text and f'<passage n="{len(kept) + 1}"' not in text
 
 
 
