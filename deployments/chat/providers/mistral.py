@@ -62,4 +62,6 @@ class MistralProvider(ChatProvider):
                         yield _delta_text(choice.delta.content)
 
     async def aclose(self) -> None:
+        # The SDK opens a sync and an async httpx client; its async exit closes only the async one.
         await self._client.__aexit__(None, None, None)
+        self._client.__exit__(None, None, None)
