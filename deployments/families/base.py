@@ -93,7 +93,7 @@ def model_error(exc: BaseException, job: Job) -> ModelError:
     """Log the failure with a new incident id; the error carries only the id to clients."""
     incident = new_incident()
     logger.error("job failed (incident %s)", incident, exc_info=exc,
-                 extra={"task": job.task, "request_id": job.request_id, "incident": incident})
+                 extra={"task": job.task, "studio_task_id": job.request_id, "incident": incident})
     return ModelError(short_error(exc), incident)
 
 
@@ -362,7 +362,7 @@ class FamilyBase(ABC, Generic[J]):
             # Serve cancelled the call (client gone, or the caller's timeout): the thread has ended.
             logger.info("job abandoned request_id=%s task=%s stopped=%s steps_done=%d seconds=%.3f",
                         job.request_id, job.task, stop.is_set(), stop.steps, time.perf_counter() - start,
-                        extra={"request_id": job.request_id, "tenant": job.tenant, "task": job.task,
+                        extra={"studio_task_id": job.request_id, "tenant": job.tenant, "task": job.task,
                                "outcome": "abandoned", "steps_done": stop.steps,
                                "seconds": round(time.perf_counter() - start, 4)})
             raise
@@ -374,7 +374,7 @@ class FamilyBase(ABC, Generic[J]):
         logger.info(
             "job done request_id=%s task=%s outputs=%d generation_seconds=%.3f run_seconds=%.3f",
             job.request_id, job.task, len(outputs), gen_seconds, run_seconds,
-            extra={"request_id": job.request_id, "tenant": job.tenant, "task": job.task, "outputs": len(outputs),
+            extra={"studio_task_id": job.request_id, "tenant": job.tenant, "task": job.task, "outputs": len(outputs),
                    "generation_seconds": round(gen_seconds, 4), "run_seconds": round(run_seconds, 4)},
         )
         return Result(outputs=outputs, meta=meta, run_seconds=run_seconds,

@@ -8,7 +8,9 @@ last line): for a request with a valid key it
 * counts the request against the tenant's cluster-wide requests per minute (the coordinator's
   bucket, :class:`~ingress.admission.Admission`);
 * wraps the body's ``receive``: a tenant may have ``open_uploads`` bodies arriving at once on this
-  replica (429 beyond), and a body that sends nothing for ``body_idle_seconds`` is cut (408).
+  replica — one more waits for a slot (a burst of quick uploads just queues), for at most
+  ``body_idle_seconds``, then is refused (429) — and a body that sends nothing for
+  ``body_idle_seconds`` is cut (408), so a stalled body frees its slot by then at the latest.
 
 Requests without a valid key pass through untouched: the route answers them 401 (``files`` and
 ``get-status`` need no key). The costs a route knows only once it has read its body — images,
@@ -43,6 +45,14 @@ class TenantGate:
         self.admission = admission
         self.in_flight: Counter[str] = Counter()
         self.uploads: Counter[str] = Counter()
+        self._upload_slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
+
+    def upload_slots(self, tenant: str, cap: int) -> asyncio.Semaphore:
+        """The tenant's upload slots on this replica (made again if its cap changed)."""
+        known = self._upload_slots.get(tenant)
+        if known is None or known[0] != cap:
+            known = self._upload_slots[tenant] = (cap, asyncio.Semaphore(cap))
+        return known[1]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
@@ -84,18 +94,25 @@ class _Upload:
         self.gate, self.tenant, self.limits, self._receive = gate, tenant, limits, receive
         self.open = False
         self.done = False
+        self._slot: asyncio.Semaphore | None = None
 
     async def receive(self) -> dict[str, Any]:
         if self.done:
             return await self._receive()
+        idle = self.gate.settings.body_idle_seconds
         if not self.open:
             cap = self.limits.open_uploads
-            if cap and self.gate.uploads[self.tenant] >= cap:
-                raise QuotaExceeded(f"quota: {cap} request bodies arriving at once, your limit; retry when one has "
-                                    "arrived", IN_FLIGHT_RETRY_AFTER)
+            if cap:
+                slots = self.gate.upload_slots(self.tenant, cap)
+                try:
+                    await asyncio.wait_for(slots.acquire(), idle)
+                except TimeoutError:
+                    self.done = True
+                    raise QuotaExceeded(f"quota: {cap} request bodies arriving at once, your limit; retry when one "
+                                        "has arrived", IN_FLIGHT_RETRY_AFTER) from None
+                self._slot = slots
             self.gate.uploads[self.tenant] += 1
             self.open = True
-        idle = self.gate.settings.body_idle_seconds
         try:
             message = await asyncio.wait_for(self._receive(), idle)
         except TimeoutError:
@@ -113,6 +130,9 @@ class _Upload:
             self.gate.uploads[self.tenant] -= 1
             if not self.gate.uploads[self.tenant]:
                 del self.gate.uploads[self.tenant]
+            if self._slot is not None:
+                self._slot.release()
+                self._slot = None
 
 
 def _has_body(headers: dict[bytes, bytes]) -> bool:

@@ -6,6 +6,7 @@ app, deployment, task id, outcome, seconds; Serve adds its request id)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -17,8 +18,11 @@ from deployments.metrics import STUDIO_METRICS
 log = logging.getLogger("ingress.requests")
 
 _LABELS = "studio_metric_labels"
-#: Labels the request log line carries besides the tenant (``request_id`` is Serve's own, added to every line).
-_LOGGED = ("app_id", "family", "gpu", "deployment", "task_id")
+#: Labels the request log line carries besides the tenant. Serve's own ``request_id``, ``deployment`` and
+#: ``route`` are added to every line by Serve (and Ray drops a ``task_id``): ours are named apart.
+_LOGGED = ("app_id", "family", "gpu", "family_deployment", "studio_task_id")
+#: The status logged for a request whose client went away before its answer (nginx's convention).
+CLIENT_GONE = 499
 _ERROR = "studio_error_type"
 
 
@@ -52,6 +56,10 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, sending)
+        except asyncio.CancelledError:  # the client went away: Serve cancels the request
+            if code == 500:
+                code = CLIENT_GONE
+            raise
         finally:
             template = getattr(scope.get("route"), "path", None) or "unmatched"
             route = template.removeprefix(self.prefix)
@@ -59,10 +67,10 @@ class RequestMetrics:
             labels = state.get(_LABELS, {})
             seconds = time.perf_counter() - started
             STUDIO_METRICS.request(labels, route, code, seconds)
-            error = state.get(_ERROR, "HTTPError") if code >= 400 else None
+            error = ("ClientGone" if code == CLIENT_GONE else state.get(_ERROR, "HTTPError")) if code >= 400 else None
             if error is not None and labels.get("app_id"):
                 STUDIO_METRICS.failure(labels, error)
             outcome = error or "OK"
             log.info("%s %s %d %s", scope.get("method", ""), route, code, outcome, extra={
-                "route": route, "code": code, "outcome": outcome, "seconds": round(seconds, 4),
+                "code": code, "outcome": outcome, "seconds": round(seconds, 4),
                 "tenant": state.get("tenant", ""), **{k: v for k, v in labels.items() if k in _LOGGED}})

@@ -237,7 +237,7 @@ def test_every_request_leaves_one_structured_line_in_the_ingress_log(service, te
             break
         time.sleep(0.2)
     (line,) = lines
-    assert {k: line[k] for k in ("tenant", "app_id", "deployment", "task_id", "outcome", "code")} == {
-        "tenant": "tenant-b", "app_id": "ap-sd15-txt2img", "deployment": "sd15-a10g", "task_id": task_id,
+    assert {k: line[k] for k in ("tenant", "app_id", "family_deployment", "studio_task_id", "outcome", "code")} == {
+        "tenant": "tenant-b", "app_id": "ap-sd15-txt2img", "family_deployment": "sd15-a10g", "studio_task_id": task_id,
         "outcome": "OK", "code": 200}
     assert line["seconds"] > 0 and line["request_id"]  # Serve's own request id, on every line of the request

@@ -115,7 +115,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         assert limits is not None  # chat_config() refused a deployment without a chat config
         req = parse_chat_request(await read_body(request, settings.max_image_body_bytes))
         plan = plan_chat_job(req, tenant, uuid.uuid4().hex, providers, limits)
-        label_request(request, task_id=plan.request_id, deployment="chat")
+        label_request(request, studio_task_id=plan.request_id, family_deployment="chat")
         await keys.check(plan.provider)
         if studio.admission is not None:
             await studio.admission.check(tenant, {"chat_tokens": plan.token_estimate()})

@@ -84,7 +84,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         if studio.admission is not None:
             await studio.admission.check(tenant, {"images": getattr(req, "batch", 1)})
         request_id = uuid.uuid4().hex
-        label_request(request, task_id=request_id, deployment=deployment_name(app.family, gpu))
+        label_request(request, studio_task_id=request_id, family_deployment=deployment_name(app.family, gpu))
         family = studio.registry.config.families[app.family]
         async with studio.images() as images:  # decoded inputs count against the replica's budget until the end
             job = await build_job(app, req, tenant, request_id, images, family)
@@ -167,7 +167,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
             await check_for_model(app, gpu, job, wait=True)
             await enhance(req, job)
             job.request_id = new_task_id()  # after the inputs: a task's deadline counts from its id
-            label_request(request, task_id=job.request_id, deployment=deployment_name(app.family, gpu))
+            label_request(request, studio_task_id=job.request_id, family_deployment=deployment_name(app.family, gpu))
             return await studio.tasks.submit(route, app, gpu, req, job, redact(req), tenant, key, digest)
 
     def doc(route: str, model: type[GenerationRequest] | type[TextToSpeechRequest]) -> dict:

@@ -61,12 +61,15 @@ def _find_gate(api: FastAPI) -> TenantGate:
 
 
 class Call:
-    """One request driven by hand: its body arrives in ``parts`` (None: the client stalls)."""
+    """One request driven by hand: its body arrives in ``parts`` (None: the client stalls; a number: it
+    waits that many seconds before its next part)."""
 
-    def __init__(self, api: FastAPI, method: str, path: str, key: str | None, parts: list[bytes | None] | None = None):
+    def __init__(self, api: FastAPI, method: str, path: str, key: str | None,
+                 parts: list[bytes | float | None] | None = None):
         headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
         if parts is not None:
-            headers.append((b"content-length", str(sum(len(p or b"") for p in parts)).encode()))
+            size = sum(len(p) for p in parts if isinstance(p, bytes))
+            headers.append((b"content-length", str(size).encode()))
         self.scope = {"type": "http", "method": method, "path": f"{PREFIX}{path}", "headers": headers,
                       "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
                       "root_path": ""}
@@ -77,11 +80,11 @@ class Call:
         self.started = asyncio.Event()
 
     async def receive(self):
-        if not self.parts:
+        while self.parts and isinstance(self.parts[0], float):
+            await asyncio.sleep(self.parts.pop(0))
+        if not self.parts or self.parts[0] is None:
             await asyncio.sleep(3600)
         part = self.parts.pop(0)
-        if part is None:
-            await asyncio.sleep(3600)
         return {"type": "http.request", "body": part, "more_body": bool(self.parts)}
 
     async def send(self, message):
@@ -138,19 +141,48 @@ def test_a_streamed_answer_holds_its_slot_until_its_last_line():
 
 
 def test_bodies_arriving_at_once_are_capped_per_tenant():
+    """One more body than the cap waits for a slot; when a body that trickles holds it past that wait, 429;
+    one that stalls is cut (408) and frees its slot."""
     async def go():
-        api, gate = app(IngressSettings(tenant_open_uploads=1, body_idle_seconds=60))
-        slow = Call(api, "POST", "/read", "key-a", [b'{"a":', None])
-        first = asyncio.create_task(slow())
+        api, gate = app(IngressSettings(tenant_open_uploads=1, body_idle_seconds=0.3))
+        trickle: list[bytes | float | None] = [b'{"a": "']
+        for _ in range(5):
+            trickle += [0.2, b"x"]
+        first = asyncio.create_task(Call(api, "POST", "/read", "key-a", [*trickle, b'"}'])())
         await asyncio.sleep(0.05)
         assert gate.uploads == {"tenant-a": 1}
         second = await Call(api, "POST", "/read", "key-a", [b'{"b": 1}'])()
         assert second.status == 429 and "1 request bodies arriving at once" in second.json()["error_data"]
         assert (await Call(api, "POST", "/read", "key-b", [b'{"b": 1}'])()).status == 200  # tenant b: its own
         assert (await Call(api, "GET", "/hold-not-found", "key-a")()).status == 404  # no body: not an upload
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
+        assert (await first).status == 200 and gate.uploads == {}
+        stalled = asyncio.create_task(Call(api, "POST", "/read", "key-a", [b'{"a":', None])())
+        await asyncio.sleep(0.05)
+        waiting = await Call(api, "POST", "/read", "key-a", [b'{"c": 1}'])()  # gets the slot when the stalled one is cut
+        assert (await stalled).status == 408 and waiting.status == 200
         assert gate.uploads == {} and gate.in_flight == {}
+
+    run(go())
+
+
+def test_a_burst_of_quick_bodies_past_the_cap_queues_instead_of_failing():
+    async def go():
+        api, gate = app(IngressSettings(tenant_open_uploads=2, tenant_concurrent_requests=16, body_idle_seconds=2))
+
+        async def quick(i):
+            call = Call(api, "POST", "/read", "key-a", [b'{"i": ', str(i).encode() + b"}"])
+            real = call.receive
+
+            async def receive():
+                await asyncio.sleep(0.02)  # each chunk takes a moment: the bodies overlap
+                return await real()
+
+            call.receive = receive  # type: ignore[method-assign]
+            return await call()
+
+        done = await asyncio.gather(*(quick(i) for i in range(10)))
+        assert [c.status for c in done] == [200] * 10 and [c.json()["body"]["i"] for c in done] == list(range(10))
+        assert gate.uploads == {}
 
     run(go())
 
