@@ -67,6 +67,10 @@ class DocumentRef(BaseModel):
     id: DocumentId = Field(description="A document id returned by `pdfVectorStore` (1..64 of A-Z a-z 0-9 _ -).")
 
 
+#: A cursor: 16 bytes as unpadded base64url (the last character carries 4 unused bits, always zero).
+CURSOR_PATTERN = rf"^[A-Za-z0-9_-]{{{CURSOR_CHARS - 1}}}[AQgw]$"
+
+
 class ListDocumentsRequest(BaseModel):
     """Body of ``POST listDocuments``: one page of the tenant's documents."""
 
@@ -74,7 +78,7 @@ class ListDocumentsRequest(BaseModel):
 
     limit: int = Field(LIST_DEFAULT, ge=1, le=LIST_MAX, description=f"Documents per page, 1..{LIST_MAX}.")
     cursor: str | None = Field(
-        None, pattern=rf"^[A-Za-z0-9_-]{{{CURSOR_CHARS}}}$",
+        None, pattern=CURSOR_PATTERN,
         description="The previous page's `next_cursor` (opaque); none for the first page.",
     )
 
