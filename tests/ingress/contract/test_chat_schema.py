@@ -257,7 +257,12 @@ def test_document_ref_and_output():
     for bad in ("", "a" * 65, "a/b", "a b"):
         with pytest.raises(ValidationFailed, match="^id: "):
             parse_strict(DocumentRef, {"id": bad})
-    assert StoredDocument(id="d", chunks=3, pages=2).model_dump() == {"id": "d", "chunks": 3, "pages": 2}
+    stored = {"id": "d", "name": "a.pdf", "size": 9, "chunks": 3, "pages": 2, "created": "2025-01-31T12:00:00Z"}
+    assert StoredDocument(**stored).model_dump() == stored
+    for name in ("   ", "a\x00b", "x" * 201):
+        with pytest.raises(ValidationFailed, match="^name: "):
+            parse_strict(PdfVectorStoreRequest, {"url": "https://x.test/a.pdf", "name": name})
+    assert PdfVectorStoreRequest.model_validate({"url": "https://x.test/a.pdf", "name": " Q1.pdf "}).name == "Q1.pdf"
 
 
 def test_lax_coercions_are_refused_at_every_depth():
