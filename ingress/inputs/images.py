@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ingress.contract.errors import InputFetchError, ValidationFailed
 from ingress.inputs.fetch import FetchLimits, clip_text, fetch_url
@@ -32,6 +32,10 @@ _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_\-]+={0,2}$")
 _WHITESPACE = re.compile(r"\s+")
 _ORIENTATION = 0x0112  # EXIF tag
 _TRANSPOSED = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+#: How each EXIF orientation is undone (as Pillow's ImageOps.exif_transpose does).
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "YCbCr", "PA"})  # modes Image.reduce takes
 
 
@@ -194,10 +198,7 @@ def read_header(data: bytes, field: str, limits: FetchLimits) -> FetchedImage:
                 f"image is {width}x{height} = {width * height} pixels; the limit is "
                 f"{limits.max_pixels}",
             )
-        try:
-            orientation = img.getexif().get(_ORIENTATION, 1)
-        except Exception:  # noqa: BLE001 - a malformed EXIF block: shown as stored
-            orientation = 1
+        orientation = _orientation(img)
     if orientation in _TRANSPOSED:
         width, height = height, width
     return FetchedImage(field, data, str(image_format), width, height)
@@ -225,10 +226,8 @@ def decode_image(image: FetchedImage, limits: FetchLimits, size: tuple[int, int]
     largest integer factor that does, before orienting and the final ``resample`` resize. With
     ``resample`` NEAREST (masks) nothing is averaged: the full picture is resized directly."""
     with _open(image.data, image.field, limits) as img:
-        try:
-            transposed = img.getexif().get(_ORIENTATION, 1) in _TRANSPOSED
-        except Exception:  # noqa: BLE001
-            transposed = False
+        orientation = _orientation(img)
+        transposed = orientation in _TRANSPOSED
         want = None if size is None else ((size[1], size[0]) if transposed else size)  # as stored
         try:
             if want is not None and img.format in ("JPEG", "MPO"):
@@ -241,7 +240,8 @@ def decode_image(image: FetchedImage, limits: FetchLimits, size: tuple[int, int]
                     if work.mode not in _REDUCIBLE:
                         work = _to_rgb(work)
                     work = work.reduce(factor)
-            oriented = ImageOps.exif_transpose(work)
+            method = _TRANSPOSE.get(orientation)
+            oriented = work.transpose(method) if method is not None else work
             if oriented is img:  # detach from the file-backed image closed below
                 oriented = img.copy()
             rgb = _to_rgb(oriented)
@@ -252,6 +252,22 @@ def decode_image(image: FetchedImage, limits: FetchLimits, size: tuple[int, int]
     if size is not None and rgb.size != size:
         rgb = rgb.resize(size, resample)
     return rgb
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation found while the header was read (``info["exif"]``). Never ``getexif()``:
+    for a PNG that decodes the whole picture to look for an eXIf chunk after the pixels; such a late
+    chunk is ignored here, as it is when decoding, so the size predicted and the size made agree."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = exif.get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: shown as stored
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 @contextmanager

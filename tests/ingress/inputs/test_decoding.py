@@ -97,6 +97,19 @@ def test_the_header_is_read_without_decoding_and_orientation_swaps_the_sides():
     assert decode_image(image, LIMITS, (100, 150)).size == (100, 150)
 
 
+def test_reading_the_header_never_decodes_the_pixels(monkeypatch):
+    """Pillow's ``getexif()`` on a PNG loads the whole picture (to look for an eXIf chunk after it):
+    eight such headers read at once once cost 800 MB. The header read must not load any picture."""
+    from PIL import ImageFile
+
+    def no_load(self):
+        raise AssertionError("the header read decoded the pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        assert read_header(encoded((640, 480), fmt, exif_orientation=8), "image", LIMITS).size == (480, 640)
+
+
 def test_a_large_image_is_reduced_while_decoding_to_the_size_used():
     big = read_header(encoded((6000, 6600)), "image", LIMITS)
     assert decode_peak_bytes(big, (1024, 1126)) == 6000 * 6600 * 5 + 2 * 1024 * 1126 * 4
