@@ -4,7 +4,7 @@ Ray Serve 2.60 starts one gRPC server per replica for deployment-to-deployment
 calls (what throughput mode routes requests over) and binds it to ``[::]:0``,
 with no setting to change it. Ray's token authentication guards it, but it
 still listens on every interface. Every deployment class of this project calls
-:func:`bind_replica_grpc_to_node_ip` in its constructor, which Serve runs before
+:func:`bind_replica_grpc_to_node_ip` in its constructor (through :func:`deployments.replica.prepare_replica`), which Serve runs before
 it starts that server; the bind address becomes the node's own IP (127.0.0.1 in
 the embedded default, the pod IP on Kubernetes), which is the address Serve's
 router dials anyway. If Ray's internals move, it logs a warning and changes

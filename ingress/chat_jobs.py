@@ -239,7 +239,7 @@ async def load_chat_job(plan: ChatPlan, limits: ChatLimits, images: ImageLoader)
     chat_turns = tuple(
         ChatTurn(role=t.role, text=t.text, images=tuple(loaded[ref.field] for ref in t.images)) for t in plan.turns
     )
-    log.debug("chat job", extra={"request_id": plan.request_id, "llm": plan.provider, "llm_model": plan.model,
+    log.debug("chat job", extra={"studio_task_id": plan.request_id, "llm": plan.provider, "llm_model": plan.model,
                                  "turns": len(chat_turns), "images": len(loaded)})
     return ChatJob(
         request_id=plan.request_id, tenant=plan.tenant, provider=plan.provider, model=plan.model,

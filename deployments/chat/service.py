@@ -77,9 +77,9 @@ class ChatService:
 
     def __init__(self, *, local_llm: Any = None, documents: Any = None, web_results: int = 5,
                  vendors: VendorSettings | None = None):
-        from deployments.replica_net import bind_replica_grpc_to_node_ip
+        from deployments.replica import prepare_replica
 
-        bind_replica_grpc_to_node_ip()
+        prepare_replica()
         self.local_llm = local_llm
         self.documents = documents
         self.web_results = web_results
@@ -167,7 +167,7 @@ class ChatService:
                 yield event
         if not usage_seen:
             yield Usage(0, 0)
-        logger.info("chat done", extra={"request_id": job.request_id, "tenant": job.tenant,
+        logger.info("chat done", extra={"studio_task_id": job.request_id, "tenant": job.tenant,
                                         "llm": job.provider, "llm_model": job.model, "sources": len(sources)})
 
     async def chat(self, job: ChatJob) -> ChatReply:

@@ -190,9 +190,9 @@ class DocumentStore:
 
     def __init__(self, embedder: Any, *, qdrant_path: str | None = None, qdrant_url: str | None = None,
                  collection: str = DEFAULT_COLLECTION, limits: dict[str, Any] | None = None):
-        from deployments.replica_net import bind_replica_grpc_to_node_ip
+        from deployments.replica import prepare_replica
 
-        bind_replica_grpc_to_node_ip()  # Serve binds the replica's gRPC server to [::] otherwise
+        prepare_replica()
         if (qdrant_path is None) == (qdrant_url is None):
             raise ValueError("give exactly one of qdrant_path (local mode) or qdrant_url (a Qdrant server)")
         if qdrant_path is not None:  # ${STUDIO_QDRANT_PATH} from the replica's own environment when set there

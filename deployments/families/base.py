@@ -209,9 +209,9 @@ class FamilyBase(ABC, Generic[J]):
         store: ObjectStore | None = None,
         stall_seconds: float = STALL_SECONDS,
     ):
-        from deployments.replica_net import bind_replica_grpc_to_node_ip
+        from deployments.replica import prepare_replica
 
-        bind_replica_grpc_to_node_ip()
+        prepare_replica()
         self.family = family
         self.gpu = gpu
         self.stall_seconds = stall_seconds

@@ -505,7 +505,7 @@ class ElevenLabsSpeechFamily(FamilyBase[SpeechJob]):
             raise VendorError(VENDOR, "unavailable", "the vendor sent audio that is not a valid MP3") from None
         logger.info("vendor speech request_id=%s model_id=%s bytes=%d duration_seconds=%.2f call_seconds=%.2f",
                     job.request_id, self.model_id, len(data), duration, time.perf_counter() - start,
-                    extra={"request_id": job.request_id, "model_id": self.model_id, "bytes": len(data)})
+                    extra={"studio_task_id": job.request_id, "model_id": self.model_id, "bytes": len(data)})
         return VendorAudio(data, duration, sample_rate, voice_id)
 
     async def _convert(self, text: str, voice_id: str, settings: dict[str, Any]) -> bytes:

@@ -86,7 +86,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
         req = parse_strict(PdfVectorStoreRequest, await read_body(request, settings.max_body_bytes))
         docs = store_config()
         request_id = uuid.uuid4().hex
-        label_request(request, task_id=request_id, deployment="documents")
+        label_request(request, studio_task_id=request_id, family_deployment="documents")
         # The tenant's pages per minute (TenantGate counted the request itself): a PDF's pages are known only
         # once it is parsed, so one page is admitted before the fetch and the rest settled after the store.
         # The store's own caps (documents, chunks) are checked in the store.
@@ -123,7 +123,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     async def list_documents(request: Request, tenant: Tenant):
         req = parse_strict(ListDocumentsRequest, await read_body(request, settings.max_body_bytes))
         store_config()
-        label_request(request, deployment="documents")
+        label_request(request, family_deployment="documents")
         page = await call(studio.documents.list_documents.remote(tenant, req.limit, req.cursor))
         output = DocumentPage.model_validate(page).model_dump()
         return envelope_response(Envelope(input={"limit": req.limit, "cursor": req.cursor}, output=output,
@@ -135,7 +135,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     async def get_document(request: Request, tenant: Tenant):
         req = parse_strict(DocumentRef, await read_body(request, settings.max_body_bytes))
         store_config()
-        label_request(request, deployment="documents")
+        label_request(request, family_deployment="documents")
         found = await call(studio.documents.get.remote(tenant, req.id))
         if found is None:
             raise NotFound("no such document")
@@ -150,7 +150,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
     async def delete_document(request: Request, tenant: Tenant):
         req = parse_strict(DocumentRef, await read_body(request, settings.max_body_bytes))
         store_config()
-        label_request(request, deployment="documents")
+        label_request(request, family_deployment="documents")
         deleted = await call(studio.documents.delete.remote(tenant, req.id))
         output = DeletedDocument(id=req.id, deleted=bool(deleted)).model_dump()
         return envelope_response(Envelope(input={"id": req.id}, output=output, status="SUCCESS"))
