@@ -33,18 +33,23 @@ _RETRY_AFTER = {
 
 
 def responses(settings: IngressSettings, *codes: int, body_bytes: int | None = None) -> dict[int | str, Any]:
-    """The error statuses a route can answer, each documented with the envelope."""
+    """The error statuses a route can answer, each documented with the envelope. A route that takes a key
+    (401) also answers 429: every such route is under the tenant's limits (``ingress.contract.limits``)."""
+    if 401 in codes and 429 not in codes:
+        codes = (*codes, 429)
     text = {
         401: "`Unauthorized`: the `Authorization: Bearer <api key>` header is missing, malformed or unknown.",
         404: "`NotFound`: no such task, or it belongs to another tenant.",
-        408: f"`RequestTimeout`: the body did not arrive within {settings.body_read_seconds:g} s.",
+        408: f"`RequestTimeout`: the body did not arrive within {settings.body_read_seconds:g} s, or nothing of it"
+        f" arrived for {settings.body_idle_seconds:g} s.",
         413: f"`PayloadTooLarge`: the body is larger than this route accepts (at most {body_bytes} bytes).",
         422: "`ValidationError`: `error_data` names each bad field and its allowed values"
         " (also: JSON that is not an object, or nested too deeply); `InputFetchError`: an input image could not be"
         " fetched or decoded; `NoFaceDetected`: a face app's image holds no face.",
         500: "`ModelError` (the model failed on a valid job) or `InternalError`; `error_data` names an incident id.",
-        429: "`QuotaExceeded`: your tenant is over a quota (unfinished async tasks, or images per minute);"
-        " retry after `Retry-After` seconds.",
+        429: "`QuotaExceeded`: your tenant is over a limit (requests in flight or per minute, bodies arriving at once,"
+        " unfinished async tasks, images, chat tokens or document pages per minute); retry after `Retry-After`"
+        " seconds.",
         503: "`Overloaded`: the service is shedding load; retry after `Retry-After` seconds.",
         504: f"`Timeout`: the synchronous call ran past {settings.sync_timeout_seconds:g} s;"
         " send `celery: true` for long jobs.",
