@@ -203,21 +203,10 @@ def test_the_tenant_caps_refuse_a_store_naming_the_cap_and_two_at_once_cannot_ov
 
 
 def _documents_log_lines(service, text: str) -> list[str]:
-    """Lines holding ``text`` in the Serve log files the documents replica has open."""
-    from pathlib import Path
+    """Lines holding ``text`` in the documents replica's Serve log."""
+    from tests.support.service import replica_log_lines
 
-    from tests.support.service import replica_pids
-
-    lines = []
-    for pid in replica_pids(service, "documents"):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = Path(fd.readlink())
-            except OSError:
-                continue
-            if target.suffix == ".log" and "/serve/" in str(target):
-                lines += [line for line in target.read_text(errors="replace").splitlines() if text in line]
-    return lines
+    return replica_log_lines(service, "documents", text)
 
 
 def test_an_expired_document_is_hidden_at_once_then_swept(service):

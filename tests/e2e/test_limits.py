@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import KEY_B, KEY_R, LIMITS_R
-from tests.support.service import replica_pids
+from tests.support.service import replica_log_lines, replica_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -192,17 +192,14 @@ def test_every_route_counts_against_the_requests_per_minute(service):
 # -- incidents in the log ------------------------------------------------------------------------
 
 
-def _replica_logs(pid: int) -> list[Path]:
-    """The Serve log files a replica process has open (its own JSON log)."""
-    found = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = Path(fd.readlink())
-        except OSError:
-            continue
-        if target.suffix == ".log" and "/serve/" in str(target):
-            found.append(target)
-    return found
+def _ingress_lines(service, text: str) -> list[dict]:
+    """The ingress replica's log lines holding ``text``, waiting up to 10 s for the first."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = replica_log_lines(service, "ingress", text)
+        if lines or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.2)
 
 
 def test_a_refused_fetchs_incident_id_is_in_the_replica_log_once_with_its_cause(service, tenant_b):
@@ -210,15 +207,7 @@ def test_a_refused_fetchs_incident_id_is_in_the_replica_log_once_with_its_cause(
                                                 "image": "http://169.254.169.254/latest/meta-data/x.png"})
     assert r.status_code == 422
     incident = re.search(r"incident ([0-9a-f]{12})", r.json()["error_data"]).group(1)
-    (ingress,) = replica_pids(service, "ingress")
-    logs = _replica_logs(ingress)
-    assert logs, "the ingress replica has no Serve log file open"
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(line) for path in logs for line in path.read_text().splitlines() if incident in line]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    lines = _ingress_lines(service, incident)
     assert len(lines) == 1, lines
     assert "169.254.169.254" in lines[0]["cause"] and lines[0]["levelname"] == "INFO"
 
@@ -228,15 +217,7 @@ def test_every_request_leaves_one_structured_line_in_the_ingress_log(service, te
                                                "num_inference_steps": 2})
     assert r.status_code == 200
     task_id = r.json()["task_id"]
-    (ingress,) = replica_pids(service, "ingress")
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(line) for path in _replica_logs(ingress) for line in path.read_text().splitlines()
-                 if task_id in line]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    (line,) = lines
+    (line,) = _ingress_lines(service, task_id)
     assert {k: line[k] for k in ("tenant", "app_id", "family_deployment", "studio_task_id", "outcome", "code")} == {
         "tenant": "tenant-b", "app_id": "ap-sd15-txt2img", "family_deployment": "sd15-a10g", "studio_task_id": task_id,
         "outcome": "OK", "code": 200}

@@ -118,6 +118,21 @@ def replica_pids(service: LocalService, deployment: str) -> list[int]:
     return found
 
 
+def replica_log_lines(service: LocalService, deployment: str, text: str) -> list[str]:
+    """Lines holding ``text`` in the Serve log files the replicas of ``deployment`` have open
+    (each replica's own JSON log under Ray's session directory)."""
+    lines = []
+    for pid in replica_pids(service, deployment):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = Path(fd.readlink())
+            except OSError:
+                continue
+            if target.suffix == ".log" and "/serve/" in str(target):
+                lines += [line for line in target.read_text(errors="replace").splitlines() if text in line]
+    return lines
+
+
 def session_members(sid: int) -> list[int]:
     """PIDs whose session id is ``sid`` (Linux /proc)."""
     members = []

@@ -13,22 +13,11 @@ import pytest
 from deployments.chat.messages import ChatJob, ChatTurn
 from deployments.chat.service import ChatService
 from deployments.errors import VendorError
-from deployments.vendors import VendorSettings
-from tests.support.fakes.llm_vendors import FakeVendors
 
 MODELS = {"OpenAI": "gpt-4o-mini", "ClaudeAI": "claude-haiku-4-5", "MistralAI": "mistral-small-latest",
           "GeminiAI": "gemini-2.5-flash"}
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with FakeVendors() as vendors:
-        yield vendors
-
-
-def _settings(fake: FakeVendors, **override) -> VendorSettings:
-    values = {k.removeprefix("STUDIO_").lower(): v for k, v in fake.env().items()}
-    return VendorSettings(**{**values, "vendor_timeout_seconds": 5, **override})
 
 
 def _job(provider: str, **kw) -> ChatJob:
@@ -51,7 +40,7 @@ def _http_clients(service: ChatService) -> dict[str, list]:
 
 def test_stopping_the_replica_closes_every_client_once(fake):
     async def replica() -> None:
-        service = ChatService(vendors=_settings(fake))
+        service = ChatService(vendors=fake.vendor_settings())
         for provider in MODELS:  # each SDK client opened and used (connections in its pool)
             await service.chat(_job(provider, internet_search=provider == "OpenAI"))
         clients = _http_clients(service)
@@ -78,7 +67,7 @@ def test_one_client_failing_to_close_does_not_keep_the_others_open(fake):
             raise RuntimeError("the pool was already gone")
 
     async def replica() -> None:
-        service = ChatService(vendors=_settings(fake))
+        service = ChatService(vendors=fake.vendor_settings())
         await service.chat(_job("OpenAI"))
         service._providers = {"Broken": Broken(), **service._providers}
         openai = service._providers["OpenAI"]._client
@@ -89,12 +78,12 @@ def test_one_client_failing_to_close_does_not_keep_the_others_open(fake):
 
 
 def test_a_service_never_used_closes_cleanly(fake):
-    service = ChatService(vendors=_settings(fake))
+    service = ChatService(vendors=fake.vendor_settings())
     asyncio.run(service.aclose())
     assert service.closed
 
 
 def test_providers_with_keys_names_only_those_with_a_key(fake):
-    service = ChatService(vendors=_settings(fake, anthropic_api_key=None, gemini_api_key=None))
+    service = ChatService(vendors=fake.vendor_settings(anthropic_api_key=None, gemini_api_key=None))
     assert asyncio.run(service.providers_with_keys()) == ["MistralAI", "OpenAI"]
-    assert asyncio.run(ChatService(vendors=_settings(fake)).providers_with_keys()) == sorted(MODELS)
+    assert asyncio.run(ChatService(vendors=fake.vendor_settings()).providers_with_keys()) == sorted(MODELS)

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import email.utils
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,6 @@ PROMPT_TOKENS, COMPLETION_TOKENS = 8, 4  # words of system + turns; words of the
 NAMES = sorted(PROVIDERS)
 VENDOR_OF = {name: PROVIDERS[name].vendor for name in NAMES}
 
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeVendors]:
-    with FakeVendors() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,12 +11,6 @@ from deployments.chat.search import MAX_QUERY_CHARS, WebSearch, clip_query
 from deployments.errors import VendorError
 from deployments.vendors import Endpoint
 from tests.support.fakes import FakeVendors
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeVendors]:
-    with FakeVendors() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -14,21 +14,7 @@ from deployments.chat.messages import ChatJob, ChatTurn, Retrieved, Source, Text
 from deployments.chat.passages import MAX_CONTEXT_CHARS, PASSAGE_RULE, fit, passages_message, system_message
 from deployments.chat.service import ChatService, LocalProvider
 from deployments.errors import DocumentNotFound, InvalidJobError, VendorError
-from deployments.vendors import VendorSettings
-from tests.support.fakes.llm_vendors import FakeVendors
 from tests.support.handles import Method, Stream
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeVendors() as vendors:
-        yield vendors
-
-
-def _settings(fake: FakeVendors, **override) -> VendorSettings:
-    values = {k.removeprefix("STUDIO_").lower(): v for k, v in fake.env().items()}
-    return VendorSettings(**{**values, "vendor_timeout_seconds": 5, **override})
-
 
 
 class _Documents:
@@ -65,7 +51,7 @@ PASSAGE = Source(kind="document", text="Penguins nest on volcanic rock.", score=
 def test_db_search_passages_reach_the_model_and_the_client(fake):
     fake.reset()
     docs = _Documents({("tenant-a", "doc1"): [PASSAGE]})
-    service = ChatService(documents=docs, vendors=_settings(fake))
+    service = ChatService(documents=docs, vendors=fake.vendor_settings())
     events = asyncio.run(_events(service, _job(documents=("doc1",), context_chunks=3)))
     assert events[0] == Retrieved((PASSAGE,))
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "echo: where do penguins nest?"
@@ -81,7 +67,7 @@ def test_db_search_passages_reach_the_model_and_the_client(fake):
 
 def test_another_tenants_document_is_unknown(fake):
     docs = _Documents({("tenant-a", "doc1"): [PASSAGE]})
-    service = ChatService(documents=docs, vendors=_settings(fake))
+    service = ChatService(documents=docs, vendors=fake.vendor_settings())
     with pytest.raises(DocumentNotFound) as info:
         asyncio.run(_events(service, _job(tenant="tenant-b", documents=("doc1",))))
     assert info.value.field == "pdf_references[0]"
@@ -89,7 +75,7 @@ def test_another_tenants_document_is_unknown(fake):
 
 def test_web_search_then_the_model(fake):
     fake.reset()
-    service = ChatService(vendors=_settings(fake))
+    service = ChatService(vendors=fake.vendor_settings())
     reply = asyncio.run(service.chat(_job(internet_search=True)))
     assert reply.sources and all(s.kind == "web" for s in reply.sources)
     messages = fake.requests("openai")[0].body["messages"]
@@ -100,18 +86,18 @@ def test_web_search_then_the_model(fake):
 
 def test_a_vendor_without_a_key_is_refused_before_any_call(fake):
     fake.reset()
-    service = ChatService(vendors=_settings(fake, anthropic_api_key=None))
+    service = ChatService(vendors=fake.vendor_settings(anthropic_api_key=None))
     with pytest.raises(VendorError) as info:
         asyncio.run(service.chat(_job(provider="ClaudeAI", model="claude-haiku-4-5")))
     assert info.value.reason == "credentials" and fake.requests("anthropic") == []
     with pytest.raises(VendorError) as info:
-        asyncio.run(ChatService(vendors=_settings(fake, tavily_api_key=None)).chat(_job(internet_search=True)))
+        asyncio.run(ChatService(vendors=fake.vendor_settings(tavily_api_key=None)).chat(_job(internet_search=True)))
     assert info.value.vendor == "Tavily" and info.value.reason == "credentials"
 
 
 def test_enhance_returns_one_clean_line(fake):
     fake.reset()
-    reply = asyncio.run(ChatService(vendors=_settings(fake)).enhance(
+    reply = asyncio.run(ChatService(vendors=fake.vendor_settings()).enhance(
         "OpenAI", "gpt-4o-mini", "Rewrite.", '  "a cat\n\n on a mat" ', 40, 0.5))
     assert reply.text == 'echo: "a cat on a mat'  # one line; the outer quote stripped
     body = fake.requests("openai")[0].body

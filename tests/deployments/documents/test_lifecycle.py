@@ -25,24 +25,10 @@ from deployments.documents.rules import (
 from deployments.documents.service import DocumentLimits, DocumentStore
 from deployments.documents.vectors import ledger_id
 from deployments.errors import DocumentNotFound, InvalidJobError
-from deployments.families.embedding import EmbeddingFamily
-from deployments.pipelines.tiny_embedder import make_tiny_embedder
 from tests.deployments.documents.test_pdf import make_pdf
 from tests.deployments.documents.test_service import Handle, paragraphs
-from tests.deployments.families.test_embedding import allow_batching_outside_serve
 
 LIMITS = {"chunk_chars": 200, "chunk_overlap": 40, "embed_slice": 4}
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory) -> EmbeddingFamily:
-    directory = make_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny-minilm")
-    return EmbeddingFamily(str(directory), device="cpu", max_batch_size=16, batch_wait_timeout_s=0.005)
-
-
-@pytest.fixture(autouse=True)
-def _batching(monkeypatch) -> None:
-    allow_batching_outside_serve(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,7 @@ import pytest
 from deployments.documents.service import DocumentStore, cut_query
 from deployments.errors import DocumentNotFound, InvalidJobError, ModelError
 from deployments.families.embedding import EmbeddingFamily
-from deployments.pipelines.tiny_embedder import make_tiny_embedder
 from tests.deployments.documents.test_pdf import make_pdf
-from tests.deployments.families.test_embedding import allow_batching_outside_serve
 
 SLICE = 4
 
@@ -60,17 +58,6 @@ class RayWrapped(Exception):
     def __init__(self, cause: Exception):
         super().__init__("RayTaskError")
         self.cause = cause
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory) -> EmbeddingFamily:
-    directory = make_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny-minilm")
-    return EmbeddingFamily(str(directory), device="cpu", max_batch_size=16, batch_wait_timeout_s=0.005)
-
-
-@pytest.fixture(autouse=True)
-def _batching(monkeypatch) -> None:
-    allow_batching_outside_serve(monkeypatch)
 
 
 def paragraphs(page: int, count: int = 6) -> str:

@@ -652,6 +652,13 @@ class _Urls:
             out[f"STUDIO_{vendor.upper()}_API_KEY"] = self.keys[vendor]
         return out
 
+    def vendor_settings(self, **override: Any) -> Any:
+        """The chat service's ``VendorSettings`` pointing at this fake (5 s per call), with ``override``."""
+        from deployments.vendors import VendorSettings
+
+        values = {k.removeprefix("STUDIO_").lower(): v for k, v in self.env().items()}
+        return VendorSettings(**{**values, "vendor_timeout_seconds": 5, **override})
+
 
 def default_keys() -> dict[str, str]:
     return {vendor: f"fake-{vendor}-key" for vendor in FAKE_VENDORS}
