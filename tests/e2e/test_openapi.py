@@ -117,8 +117,10 @@ def tame_other(route: str, body: dict, pdf: str) -> None:
         body.update({"llm": "Local", "history": [{"role": "user", "content": "hello"}], "max_tokens": 4})
     elif route == "pdfVectorStore":
         body["url"] = pdf
-    elif route == "getTextToSpeech" and isinstance(body.get("audio_parameters"), dict):
-        body["audio_parameters"].pop("voice_id", None)
+    elif route == "getTextToSpeech":
+        body.pop("webhook", None)  # as on the image routes: it needs the tenant's secret and a public host
+        if isinstance(body.get("audio_parameters"), dict):
+            body["audio_parameters"].pop("voice_id", None)
 
 
 def _face_data_uri() -> str:

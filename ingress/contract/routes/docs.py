@@ -63,13 +63,14 @@ def responses(settings: IngressSettings, *codes: int, body_bytes: int | None = N
     return out
 
 
-def json_body(schema: dict[str, Any]) -> dict[str, Any]:
-    """``openapi_extra`` publishing ``schema`` as the route's required JSON body."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+def json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` publishing ``schema`` as the route's JSON body (an empty body reads as ``{}``:
+    a body whose every field is optional is not required)."""
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
 
 
-def model_body(model: type[BaseModel]) -> dict[str, Any]:
-    return json_body(inline_defs(model.model_json_schema()))
+def model_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    return json_body(inline_defs(model.model_json_schema()), required)
 
 
 #: A field that must be absent, null or empty. (Combinators inside the branches are kept

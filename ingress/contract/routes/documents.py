@@ -119,7 +119,7 @@ def router(studio: Studio, read_body: BodyReader) -> APIRouter:
               description="`output` is `{documents: [{id, name, size, chunks, pages, created}], next_cursor, usage}`: "
               "pass `next_cursor` back as `cursor` for the next page (null: the last page). Only the caller's "
               "tenant's documents, never an expired one; `usage` is what the tenant holds against its caps.",
-              responses=responses(settings, 401, 404, 422, 500, 503), openapi_extra=model_body(ListDocumentsRequest))
+              responses=responses(settings, 401, 404, 422, 500, 503), openapi_extra=model_body(ListDocumentsRequest, required=False))
     async def list_documents(request: Request, tenant: Tenant):
         req = parse_strict(ListDocumentsRequest, await read_body(request, settings.max_body_bytes))
         store_config()
