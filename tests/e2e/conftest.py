@@ -59,6 +59,7 @@ def service(tmp_path_factory, vendors, elevenlabs):
                 "tenant-r": {k: v for k, v in LIMITS_R.items() if k != "body_idle_seconds"},
             }),
             "STUDIO_BODY_IDLE_SECONDS": str(LIMITS_R["body_idle_seconds"]),
+            "STUDIO_DECODE_BUDGET_BYTES": str(512 * 1024 * 1024),  # the smallest default: a small ingress
             **vendors.env(),
             "STUDIO_ELEVENLABS_BASE_URL": elevenlabs.base_url,
             "STUDIO_ELEVENLABS_API_KEY": elevenlabs.api_key,
