@@ -88,6 +88,8 @@ def test_eight_huge_images_in_one_chat_raise_the_ingress_by_at_most_300_mb(servi
     with PeakRss(ingress) as rss:
         r = tenant_b.post("/chat", json=body)
     assert r.status_code == 200, r.text
+    print(f"8-image chat body: ingress RSS {rss.before / MIB:.0f} MB before, peak {rss.peak / MIB:.0f} MB "
+          f"(+{(rss.peak - rss.before) / MIB:.0f}), {rss.after / MIB:.0f} MB after (+{(rss.after - rss.before) / MIB:.0f})")
     sent = [req for req in vendors.requests("openai")][-1]
     assert json.dumps(sent.body).count("data:image/png;base64,") == 8  # every image reached the vendor
     assert rss.peak - rss.before <= 300 * MIB, (rss.before, rss.peak, rss.after)
@@ -105,6 +107,7 @@ def test_sixteen_such_bodies_at_once_each_get_a_result_or_a_503(service, tenant_
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, range(16)))
     codes = sorted(a.status_code for a in answers)
+    print(f"16 such bodies at once: {codes.count(200)} x 200, {codes.count(503)} x 503")
     assert set(codes) <= {200, 503}, [(a.status_code, a.text[:200]) for a in answers if a.status_code not in (200, 503)]
     for a in answers:
         if a.status_code == 503:
