@@ -98,7 +98,7 @@ def test_a_deleted_document_is_gone_everywhere(client):
 #: tenant-c may hold CAPPED_DOCUMENTS documents and CAPPED_CHUNKS chunks; tenant-b's documents
 #: expire after SHORT_RETENTION_SECONDS; the sweep runs every couple of seconds.
 CAPPED_DOCUMENTS, CAPPED_CHUNKS = 3, 12
-SHORT_RETENTION_SECONDS = 20
+SHORT_RETENTION_SECONDS = 8
 _CONFIG_HINT = "tests/support/configs.py e2e_config must set documents.limits.tenants for the lifecycle tests"
 
 

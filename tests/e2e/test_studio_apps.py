@@ -141,7 +141,7 @@ def test_replace_background_keeps_the_subjects_pixels(client, service, celery):
     assert out.shape == src.shape
     # Where the background-removal family's (hardened) mask is solid, the subject is the input, exactly;
     # that is nearly all of the drawn subject (its mask is made at 256 px and scaled up: soft within ~4 px).
-    solid = np.asarray(harden(SaliencyModel.load(service.workdir / "models" / "tiny-saliency")(image))) == 255
+    solid = np.asarray(harden(SaliencyModel.load(service.models_dir / "tiny-saliency")(image))) == 255
     assert (solid >= _inside(mask, 4)).all() and not (solid & _outside(mask, 4)).any()
     assert (out[solid] == src[solid]).all()
     background = _outside(mask, 6)
@@ -186,7 +186,7 @@ def test_face_avatar_background_is_the_matting_familys_mask_of_the_generated_ima
     body = {"app_id": "ap-face-avatar", "image": _uri(ONE_FACE), "gender": "female", **FAST}
     plain = _run(client, body)
     generated = _image(plain["output"][0]).convert("RGB")
-    mask = SaliencyModel.load(service.workdir / "models" / "tiny-saliency")(generated)
+    mask = SaliencyModel.load(service.models_dir / "tiny-saliency")(generated)
 
     clear = _image(_run(client, {**body, "remove_background": True})["output"][0])
     assert clear.mode == "RGBA"

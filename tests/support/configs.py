@@ -64,10 +64,10 @@ def e2e_config(tmp: Path, studio_apps: bool = True) -> Path:
     }
     args["apps"].append({"app_id": LORA_APP, "name": "SD 1.5 with LoRA stacks on two replicas",
                          "family": "sd15-lora", "task": "text2img", "inference_types": ["a10g"]})
-    if "documents" in args:  # the documents' lifecycle: tenant-c has tight caps, tenant-b a 20 s retention
+    if "documents" in args:  # the documents' lifecycle: tenant-c has tight caps, tenant-b an 8 s retention
         args["documents"]["limits"].update(sweep_seconds=2, tenants={
             "tenant-c": {"max_documents_per_tenant": 3, "max_chunks_per_tenant": 12},
-            "tenant-b": {"retention_days": 20 / 86400}})
+            "tenant-b": {"retention_days": 8 / 86400}})
     path = tmp / "serve_config.e2e.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

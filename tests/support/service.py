@@ -3,12 +3,14 @@ and benchmarks, and stop exactly the processes it started."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -23,11 +25,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalService:
-    """A local Ray node + Serve app, launched as its own process group."""
+def tiny_models_dir() -> Path:
+    """One directory of the tiny models for every service a test session starts (writing them takes
+    ~12 s), keyed by the code that makes them, so a change to a maker writes a fresh set."""
+    digest = hashlib.sha256()
+    for path in sorted([ROOT / "deployments" / "tiny.py", *(ROOT / "deployments" / "pipelines").glob("tiny_*.py")]):
+        digest.update(path.read_bytes())
+    return Path(tempfile.gettempdir()) / f"studio-tiny-models-{os.getuid()}" / digest.hexdigest()[:16]
 
-    def __init__(self, workdir: Path, config: Path, *, keys: dict[str, str], env: dict[str, str] | None = None):
+
+class LocalService:
+    """A local Ray node + Serve app, launched as its own process group. Its tiny models come from
+    :func:`tiny_models_dir` unless ``models_dir`` names others."""
+
+    def __init__(self, workdir: Path, config: Path, *, keys: dict[str, str], env: dict[str, str] | None = None,
+                 models_dir: Path | None = None):
         self.workdir = workdir
+        self.models_dir = models_dir or tiny_models_dir()
         self.config = config
         self.keys = keys
         self.port = free_port()
@@ -51,7 +65,7 @@ class LocalService:
         cmd = [
             sys.executable, "-m", "ingress.wiring.local", "up",
             "--config", str(self.config), "--port", str(self.port),
-            "--models-dir", str(self.workdir / "models"), "--data-dir", str(self.workdir / "data"),
+            "--models-dir", str(self.models_dir), "--data-dir", str(self.workdir / "data"),
         ]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
